@@ -1,0 +1,16 @@
+"""Which adaptor handles which nn.Module type. Each adaptor module contributes its ADAPTORS."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from hesscale.extensions import activations, layers, losses
+
+ADAPTORS: dict[type[nn.Module], object] = {}
+for _family in (layers, activations, losses):
+    ADAPTORS.update(_family.ADAPTORS)
+
+
+def supported_modules() -> list[str]:
+    """Names of the module types HesScale and HesScaleGN handle."""
+    return sorted(cls.__name__ for cls in ADAPTORS)

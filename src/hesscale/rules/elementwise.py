@@ -1,0 +1,117 @@
+"""Elementwise activations z = sigma(x).
+
+One rule for all of them,
+
+    h_x = sigma'(x)^2 * h_z + sigma''(x) * g_z      (HesScaleGN: without the second term),
+
+and, per activation, a function returning the pair (sigma'(x), sigma''(x)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+Derivatives = tuple[Tensor, Tensor]
+
+
+def elementwise_input(
+    h_out: Tensor, g_out: Tensor | None, first: Tensor, second: Tensor | float
+) -> Tensor:
+    """h_x = first^2 * h_z + second * g_z, where first = sigma'(x), second = sigma''(x)."""
+    h_in = first.square() * h_out
+    if g_out is not None:
+        h_in = h_in + second * g_out
+    return h_in
+
+
+def relu_derivatives(x: Tensor) -> Derivatives:
+    """relu(x) = max(x, 0): sigma' = 1[x > 0], sigma'' = 0."""
+    return (x > 0).to(x.dtype), 0.0
+
+
+def leaky_relu_derivatives(x: Tensor, negative_slope: float) -> Derivatives:
+    """sigma' = 1 for x > 0, else the negative slope; sigma'' = 0."""
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return torch.where(x > 0, one, one * negative_slope), 0.0
+
+
+def sigmoid_derivatives(x: Tensor) -> Derivatives:
+    """s = sigmoid(x): sigma' = s(1 - s), sigma'' = s(1 - s)(1 - 2s)."""
+    s = torch.sigmoid(x)
+    first = s * (1 - s)
+    return first, first * (1 - 2 * s)
+
+
+def tanh_derivatives(x: Tensor) -> Derivatives:
+    """t = tanh(x): sigma' = 1 - t^2, sigma'' = -2t(1 - t^2)."""
+    t = torch.tanh(x)
+    first = 1 - t.square()
+    return first, -2 * t * first
+
+
+def elu_derivatives(x: Tensor, alpha: float, scale: float = 1.0) -> Derivatives:
+    """scale * elu(x): x > 0 gives (scale, 0), otherwise both are scale * alpha * exp(x)."""
+    negative = scale * alpha * torch.exp(torch.clamp(x, max=0))
+    positive = x > 0
+    first = torch.where(positive, torch.full_like(x, scale), negative)
+    second = torch.where(positive, torch.zeros_like(x), negative)
+    return first, second
+
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def selu_derivatives(x: Tensor) -> Derivatives:
+    """selu(x) = SELU_SCALE * elu(x, SELU_ALPHA)."""
+    return elu_derivatives(x, SELU_ALPHA, SELU_SCALE)
+
+
+def softplus_derivatives(x: Tensor, beta: float, threshold: float) -> Derivatives:
+    """softplus(x) = log(1 + exp(beta x)) / beta: sigma' = s, sigma'' = beta s (1 - s) with
+    s = sigmoid(beta x); where beta x > threshold torch switches to the identity (1, 0)."""
+    s = torch.sigmoid(beta * x)
+    linear = beta * x > threshold
+    first = torch.where(linear, torch.ones_like(x), s)
+    second = torch.where(linear, torch.zeros_like(x), beta * s * (1 - s))
+    return first, second
+
+
+def logsigmoid_derivatives(x: Tensor) -> Derivatives:
+    """log(sigmoid(x)): sigma' = 1 - s, sigma'' = -s(1 - s) with s = sigmoid(x)."""
+    s = torch.sigmoid(x)
+    return 1 - s, -s * (1 - s)
+
+
+def silu_derivatives(x: Tensor) -> Derivatives:
+    """x * s with s = sigmoid(x): sigma' = s + x s(1 - s), sigma'' = s(1 - s)(2 + x(1 - 2s))."""
+    s = torch.sigmoid(x)
+    ds = s * (1 - s)
+    return s + x * ds, ds * (2 + x * (1 - 2 * s))
+
+
+def gelu_derivatives(x: Tensor, approximate: str = "none") -> Derivatives:
+    """gelu(x) = x Phi(x): sigma' = Phi + x phi, sigma'' = phi (2 - x^2).
+
+    With approximate='tanh', gelu(x) = x (1 + tanh(u)) / 2, u = c (x + 0.044715 x^3),
+    c = sqrt(2 / pi): sigma' = (1 + t) / 2 + x (1 - t^2) u' / 2 and
+    sigma'' = (1 - t^2) u' + x (1 - t^2) (u'' - 2 t u'^2) / 2.
+    """
+    if approximate == "tanh":
+        c = math.sqrt(2.0 / math.pi)
+        u = c * (x + 0.044715 * x**3)
+        du = c * (1 + 3 * 0.044715 * x.square())
+        d2u = c * 6 * 0.044715 * x
+        t = torch.tanh(u)
+        sech2 = 1 - t.square()
+        first = 0.5 * (1 + t) + 0.5 * x * sech2 * du
+        second = sech2 * du + 0.5 * x * sech2 * (d2u - 2 * t * du.square())
+        return first, second
+    if approximate != "none":
+        raise ValueError(f"GELU approximate={approximate!r} is not supported; use 'none' or 'tanh'")
+    pdf = torch.exp(-0.5 * x.square()) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2.0)))
+    return cdf + x * pdf, pdf * (2 - x.square())

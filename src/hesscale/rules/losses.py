@@ -1,0 +1,106 @@
+"""Exact Hessian diagonals of losses w.r.t. their (network-output) inputs.
+
+These start the backward recursion. With 'mean' reduction each is divided by what torch
+divides the loss by; with 'sum' it is not.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _reduce_scale(reduction: str, normaliser: Tensor | float) -> Tensor | float:
+    if reduction == "mean":
+        return 1.0 / normaliser
+    if reduction == "sum":
+        return 1.0
+    raise ValueError(f"reduction={reduction!r} is not supported; use 'mean' or 'sum'")
+
+
+def cross_entropy_diag(
+    logits: Tensor,
+    target: Tensor,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """Softmax cross-entropy, classes along dim 1: h = c * (p - p^2) / normaliser.
+
+    The Hessian of -log p_c w.r.t. the logits is diag(p) - p p^T for every class c, so any
+    mixture of classes (probability targets, label smoothing, class weights) only scales it by
+    c = the total weight the loss puts on the log-probabilities of that position.
+    """
+    unbatched = logits.dim() == 1
+    if unbatched:
+        logits, target = logits.unsqueeze(0), target.unsqueeze(0)
+    num_classes = logits.shape[1]
+    probs = torch.softmax(logits, dim=1)
+    class_weight = torch.ones(num_classes, dtype=logits.dtype, device=logits.device)
+    if weight is not None:
+        class_weight = weight.to(logits.dtype)
+    per_class = class_weight.view(1, -1, *([1] * (logits.dim() - 2)))
+    if target.is_floating_point():
+        smoothed = target * (1 - label_smoothing) + label_smoothing / num_classes
+        coefficient = (smoothed * per_class).sum(1)
+        normaliser = coefficient.new_tensor(float(coefficient.numel()))
+    else:
+        valid = target != ignore_index
+        target_weight = class_weight[torch.where(valid, target, 0)] * valid
+        coefficient = (1 - label_smoothing) * target_weight + valid * (
+            label_smoothing / num_classes * class_weight.sum()
+        )
+        normaliser = target_weight.sum()
+    h = coefficient.unsqueeze(1) * (probs - probs.square())
+    h = h * _reduce_scale(reduction, normaliser)
+    return h.squeeze(0) if unbatched else h
+
+
+def mse_diag(prediction: Tensor, reduction: str = "mean") -> Tensor:
+    """(x - y)^2 summed or averaged over all elements: h = 2 (divided by numel for 'mean')."""
+    return torch.full_like(prediction, 2.0) * _reduce_scale(reduction, prediction.numel())
+
+
+def nll_diag(log_probs: Tensor) -> Tensor:
+    """NLLLoss is linear in its input, so h = 0; the curvature comes from the LogSoftmax."""
+    return torch.zeros_like(log_probs)
+
+
+def bce_with_logits_diag(
+    logits: Tensor,
+    target: Tensor,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+) -> Tensor:
+    """-w [q y log s + (1 - y) log(1 - s)], s = sigmoid(x), q = pos_weight:
+    h = w s (1 - s) (q y + 1 - y)."""
+    s = torch.sigmoid(logits)
+    h = s * (1 - s)
+    if pos_weight is not None:
+        h = h * (pos_weight * target + 1 - target)
+    if weight is not None:
+        h = h * weight
+    h = h.expand_as(logits)
+    return h * _reduce_scale(reduction, logits.numel())
+
+
+def gaussian_nll_diag(
+    mean: Tensor,
+    target: Tensor,
+    var: Tensor,
+    reduction: str = "mean",
+    eps: float = 1e-6,
+) -> tuple[Tensor, Tensor]:
+    """l = (log v + (mu - y)^2 / v) / 2 with v = max(var, eps) (torch clamps without gradient):
+    h_mu = 1 / v and h_var = (mu - y)^2 / v^3 - 1 / (2 v^2), summed over the elements that
+    share one variance when ``var`` broadcasts (torch's homoscedastic forms)."""
+    v = var.clamp(min=eps)
+    if v.shape != mean.shape and v.shape == mean.shape[:-1]:
+        v = v.unsqueeze(-1)
+    scale = _reduce_scale(reduction, torch.broadcast_shapes(mean.shape, v.shape).numel())
+    h_mean = (1.0 / v).expand_as(mean) * scale
+    h_v = ((mean - target).square() / v**3 - 0.5 / v.square()) * scale
+    h_var = h_v.sum_to_size(v.shape).reshape(var.shape)
+    return h_mean, h_var

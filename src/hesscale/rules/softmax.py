@@ -1,0 +1,40 @@
+"""Softmax and LogSoftmax along one dimension, with their full Jacobian.
+
+With p = softmax(x) along ``dim`` and sums running over that dimension:
+
+softmax, z = p, dz_k/dx_i = p_k (d_ki - p_i):
+    diag(J^T D J)_i = p_i^2 (1 - 2 p_i) D_i + p_i^2 sum_k p_k^2 D_k
+    sum_k g_k d^2 z_k/dx_i^2 = p_i (1 - p_i)^2 g_i + p_i^2 (s - p_i g_i) - p_i (1 - p_i) s,
+    with s = sum_k p_k g_k.
+
+log-softmax, z = x - logsumexp(x), dz_k/dx_i = d_ki - p_i:
+    diag(J^T D J)_i = (1 - 2 p_i) D_i + p_i^2 sum_k D_k
+    sum_k g_k d^2 z_k/dx_i^2 = -p_i (1 - p_i) sum_k g_k.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def softmax_input(probs: Tensor, h_out: Tensor, g_out: Tensor | None, dim: int) -> Tensor:
+    """Diagonal w.r.t. the input of softmax; ``probs`` is the softmax output."""
+    p2 = probs.square()
+    h_in = p2 * (1 - 2 * probs) * h_out + p2 * (p2 * h_out).sum(dim, keepdim=True)
+    if g_out is not None:
+        s = (probs * g_out).sum(dim, keepdim=True)
+        h_in = (
+            h_in
+            + probs * (1 - probs).square() * g_out
+            + p2 * (s - probs * g_out)
+            - probs * (1 - probs) * s
+        )
+    return h_in
+
+
+def log_softmax_input(probs: Tensor, h_out: Tensor, g_out: Tensor | None, dim: int) -> Tensor:
+    """Diagonal w.r.t. the input of log-softmax; ``probs`` is exp of its output."""
+    h_in = (1 - 2 * probs) * h_out + probs.square() * h_out.sum(dim, keepdim=True)
+    if g_out is not None:
+        h_in = h_in - probs * (1 - probs) * g_out.sum(dim, keepdim=True)
+    return h_in
