@@ -1,0 +1,1 @@
+"""Experiments: data, tasks, networks, runs, sweeps and the studies. Nothing imports this."""
