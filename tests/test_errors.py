@@ -1,0 +1,129 @@
+"""Unsupported models and calls fail loudly with a message naming what is wrong."""
+
+import pytest
+import torch
+from backpack import backpack, extend
+from torch import nn
+
+from hesscale import HesScale, HesScaleError, HesScaleGN, UnsupportedModuleError
+
+
+def backward(model, loss_fn, x, y, extension=None, transform=lambda loss: loss):
+    loss = transform(loss_fn(model(x), y))
+    with backpack(extension or HesScale()):
+        loss.backward()
+
+
+X, Y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+
+
+def test_unsupported_module_is_named_with_the_supported_list():
+    model = extend(nn.Sequential(nn.Linear(3, 4), nn.PReLU(), nn.Linear(4, 2)))
+    with pytest.raises(UnsupportedModuleError, match=r"no rule for PReLU.*Supported.*Linear"):
+        backward(model, extend(nn.CrossEntropyLoss()), X, Y)
+
+
+def test_unsupported_loss_is_named():
+    model = extend(nn.Sequential(nn.Linear(3, 2)))
+    with pytest.raises(UnsupportedModuleError, match="HuberLoss"):
+        backward(model, extend(nn.HuberLoss()), X, torch.randn(4, 2), HesScaleGN())
+
+
+def test_model_not_extended():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    with pytest.raises(HesScaleError, match=r"4 parameter\(s\).*not extended"):
+        backward(model, extend(nn.CrossEntropyLoss()), X, Y)
+
+
+def test_part_of_model_not_extended():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), extend(nn.Linear(4, 2)))
+    with pytest.raises(HesScaleError, match=r"2 parameter\(s\) \(shapes \(4, 3\), \(4,\)\)"):
+        backward(model, extend(nn.CrossEntropyLoss()), X, Y)
+
+
+def test_loss_not_extended():
+    model = extend(nn.Sequential(nn.Linear(3, 2)))
+    with pytest.raises(HesScaleError, match="loss was not extended"):
+        backward(model, nn.CrossEntropyLoss(), X, Y)
+
+
+def test_loss_not_last_operation():
+    model = extend(nn.Sequential(nn.Linear(3, 2)))
+    with pytest.raises(HesScaleError, match="must be the last operation"):
+        backward(model, extend(nn.CrossEntropyLoss()), X, Y, transform=lambda loss: 2 * loss)
+
+
+def test_reduction_none():
+    model = extend(nn.Sequential(nn.Linear(3, 2)))
+    with pytest.raises(UnsupportedModuleError, match="reduction='none'"):
+        backward(
+            model,
+            extend(nn.CrossEntropyLoss(reduction="none")),
+            X,
+            Y,
+            transform=lambda loss: loss.sum(),
+        )
+
+
+class FunctionalReLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.second(torch.relu(self.first(x)))
+
+
+def test_functional_operation_between_modules():
+    with pytest.raises(HesScaleError, match="not an extended nn.Module"):
+        backward(extend(FunctionalReLU()), extend(nn.CrossEntropyLoss()), X, Y)
+
+
+def test_module_reused_in_one_forward():
+    act = nn.Tanh()
+    model = extend(nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 4), act, nn.Linear(4, 2)))
+    with pytest.raises(HesScaleError, match="more than once"):
+        backward(model, extend(nn.CrossEntropyLoss()), X, Y)
+
+
+def test_batchnorm_in_train_mode():
+    model = extend(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)))
+    with pytest.raises(UnsupportedModuleError, match=r"BatchNorm1d.*model.eval\(\)"):
+        backward(model, extend(nn.CrossEntropyLoss()), X, Y)
+
+
+def test_inplace_activation_fails():
+    model = extend(nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)))
+    with pytest.raises(RuntimeError, match="inplace|in-place"):
+        backward(model, extend(nn.CrossEntropyLoss()), X, Y)
+
+
+class Transposed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(3, 3), nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.second(self.first(x).T)
+
+
+def test_view_that_reorders_entries_between_modules():
+    with pytest.raises(HesScaleError, match="reorders"):
+        backward(extend(Transposed()), extend(nn.MSELoss()), torch.randn(3, 3), torch.randn(3, 3))
+
+
+class Reshaped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(3, 4), nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.second(self.first(x).view(-1, 2, 2))
+
+
+def test_reshape_between_modules_is_fine_and_custom_containers_pass_through():
+    torch.manual_seed(0)
+    model = extend(Reshaped())
+    backward(model, extend(nn.MSELoss()), torch.randn(5, 3), torch.randn(5, 2, 1))
+    assert model.first.weight.hesscale.shape == (4, 3)
+    assert model.first.weight.hesscale.abs().sum() > 0

@@ -1,0 +1,91 @@
+"""Elementwise and softmax-family rules against the definition (dense autograd, float64)."""
+
+import pytest
+import torch
+from torch import nn
+
+from hesscale.rules import elementwise as ew
+from hesscale.rules.softmax import log_softmax_input, softmax_input
+from tests.oracle import definition_diag
+
+ACTIVATIONS = [
+    (nn.ReLU(), ew.relu_derivatives),
+    (nn.LeakyReLU(0.07), lambda x: ew.leaky_relu_derivatives(x, 0.07)),
+    (nn.Sigmoid(), ew.sigmoid_derivatives),
+    (nn.Tanh(), ew.tanh_derivatives),
+    (nn.ELU(alpha=0.7), lambda x: ew.elu_derivatives(x, 0.7)),
+    (nn.SELU(), ew.selu_derivatives),
+    (nn.Softplus(), lambda x: ew.softplus_derivatives(x, 1.0, 20.0)),
+    (nn.Softplus(beta=2.0, threshold=1.5), lambda x: ew.softplus_derivatives(x, 2.0, 1.5)),
+    (nn.LogSigmoid(), ew.logsigmoid_derivatives),
+    (nn.SiLU(), ew.silu_derivatives),
+    (nn.GELU(), ew.gelu_derivatives),
+    (nn.GELU(approximate="tanh"), lambda x: ew.gelu_derivatives(x, "tanh")),
+]
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def assert_close(actual, expected):
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("module, derivatives", ACTIVATIONS, ids=lambda a: repr(a)[:40])
+@pytest.mark.parametrize("shape", [(1, 5), (3, 2, 4)])
+@pytest.mark.parametrize("gauss_newton", [False, True])
+def test_elementwise_rule_matches_definition(module, derivatives, shape, gauss_newton):
+    torch.manual_seed(0)
+    x = 2.5 * torch.randn(shape)
+    h_out, g_out = torch.randn(shape), torch.randn(shape)
+    g = None if gauss_newton else g_out
+    rule = ew.elementwise_input(h_out, g, *derivatives(x))
+    assert_close(rule, definition_diag(module, x, h_out, g))
+
+
+def test_gelu_rejects_unknown_approximation():
+    with pytest.raises(ValueError, match="approximate='erf'.*'none' or 'tanh'"):
+        ew.gelu_derivatives(torch.zeros(2), "erf")
+
+
+@pytest.mark.parametrize("dim, shape", [(1, (3, 4)), (-1, (2, 3, 5)), (0, (4, 2)), (1, (1, 3, 2))])
+@pytest.mark.parametrize("gauss_newton", [False, True])
+def test_softmax_rules_match_definition_with_full_jacobian(dim, shape, gauss_newton):
+    torch.manual_seed(1)
+    x, h_out, g_out = torch.randn(shape), torch.randn(shape), torch.randn(shape)
+    g = None if gauss_newton else g_out
+    probs = torch.softmax(x, dim)
+    assert_close(
+        softmax_input(probs, h_out, g, dim),
+        definition_diag(nn.Softmax(dim), x, h_out, g),
+    )
+    assert_close(
+        log_softmax_input(probs, h_out, g, dim),
+        definition_diag(nn.LogSoftmax(dim), x, h_out, g),
+    )
+
+
+def test_softmax_full_jacobian_differs_from_its_diagonal_only():
+    """The original code used only the Jacobian's diagonal; the definition needs all of it."""
+    torch.manual_seed(2)
+    x, h_out = torch.randn(2, 4), torch.rand(2, 4)
+    probs = torch.softmax(x, 1)
+    diagonal_only = (probs * (1 - probs)).square() * h_out
+    full = softmax_input(probs, h_out, None, 1)
+    assert (full - diagonal_only).abs().max() > 1e-3
+
+
+def test_dropout_train_rule_matches_definition_for_its_mask():
+    from hesscale.rules.shape import dropout_input
+
+    torch.manual_seed(3)
+    x, h_out = torch.randn(3, 6), torch.randn(3, 6)
+    mask = (torch.rand(3, 6) > 0.4).to(x.dtype)
+    output = x * mask / (1 - 0.4)
+    expected = definition_diag(lambda u: u * mask / (1 - 0.4), x, h_out, None)
+    assert_close(dropout_input(h_out, output, 0.4), expected)

@@ -1,0 +1,118 @@
+"""Loss rules equal the exact Hessian diagonal of the loss w.r.t. its inputs (float64)."""
+
+import pytest
+import torch
+from torch import nn
+
+from hesscale.rules import losses
+from tests.oracle import exact_loss_diag
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def assert_close(actual, expected):
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-13)
+
+
+CE_CASES = [
+    dict(),
+    dict(reduction="sum"),
+    dict(label_smoothing=0.2),
+    dict(weight=torch.tensor([0.5, 2.0, 1.0, 3.0])),
+    dict(weight=torch.tensor([0.5, 2.0, 1.0, 3.0]), label_smoothing=0.1),
+    dict(ignore_index=2),
+    dict(ignore_index=2, label_smoothing=0.3, reduction="sum"),
+]
+
+
+@pytest.mark.parametrize("kwargs", CE_CASES, ids=lambda k: ",".join(k) or "default")
+@pytest.mark.parametrize("shape", [(1, 4), (5, 4), (3, 4, 2), (4,)])
+def test_cross_entropy_class_targets(kwargs, shape):
+    torch.manual_seed(0)
+    kwargs = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    logits = torch.randn(shape)
+    target_shape = (shape[0],) + shape[2:] if len(shape) > 1 else ()
+    target = torch.randint(0, 4, target_shape)
+    if "ignore_index" in kwargs and target.numel() > 1:
+        target.view(-1)[0] = kwargs["ignore_index"]
+        target.view(-1)[-1] = 1
+    loss = nn.CrossEntropyLoss(**kwargs)
+    rule = losses.cross_entropy_diag(
+        logits,
+        target,
+        kwargs.get("reduction", "mean"),
+        kwargs.get("weight"),
+        kwargs.get("ignore_index", -100),
+        kwargs.get("label_smoothing", 0.0),
+    )
+    assert_close(rule, exact_loss_diag(lambda o: loss(o, target), logits))
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(label_smoothing=0.25), dict(reduction="sum")])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_probability_targets(kwargs, weighted):
+    torch.manual_seed(1)
+    logits = torch.randn(3, 5)
+    target = torch.softmax(torch.randn(3, 5), 1) * torch.tensor([[1.0], [0.5], [2.0]])
+    weight = torch.rand(5) + 0.5 if weighted else None
+    loss = nn.CrossEntropyLoss(weight=weight, **kwargs)
+    rule = losses.cross_entropy_diag(
+        logits,
+        target,
+        kwargs.get("reduction", "mean"),
+        weight,
+        label_smoothing=kwargs.get("label_smoothing", 0.0),
+    )
+    assert_close(rule, exact_loss_diag(lambda o: loss(o, target), logits))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_mse(reduction):
+    x, y = torch.randn(3, 2, 2), torch.randn(3, 2, 2)
+    loss = nn.MSELoss(reduction=reduction)
+    assert_close(losses.mse_diag(x, reduction), exact_loss_diag(lambda o: loss(o, y), x))
+
+
+def test_nll_is_linear_so_its_diagonal_is_zero():
+    x, y = torch.randn(3, 4), torch.tensor([0, 3, 1])
+    expected = exact_loss_diag(lambda o: nn.NLLLoss()(o, y), x)
+    assert_close(losses.nll_diag(x), expected)
+    assert expected.abs().max() == 0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("with_weight", [False, True])
+@pytest.mark.parametrize("with_pos_weight", [False, True])
+def test_bce_with_logits(reduction, with_weight, with_pos_weight):
+    torch.manual_seed(2)
+    x, y = torch.randn(4, 3), torch.rand(4, 3)
+    weight = torch.rand(4, 1) + 0.5 if with_weight else None
+    pos_weight = torch.rand(3) + 0.5 if with_pos_weight else None
+    loss = nn.BCEWithLogitsLoss(weight=weight, pos_weight=pos_weight, reduction=reduction)
+    rule = losses.bce_with_logits_diag(x, y, reduction, weight, pos_weight)
+    assert_close(rule, exact_loss_diag(lambda o: loss(o, y), x))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("var_shape", [(4, 3), (4, 1), (4,)])
+@pytest.mark.parametrize("full", [False, True])
+def test_gaussian_nll_mean_and_variance(reduction, var_shape, full):
+    torch.manual_seed(3)
+    mean, target = torch.randn(4, 3), torch.randn(4, 3)
+    var = torch.rand(var_shape) + 0.1
+    var.view(-1)[0] = 1e-9  # below eps: torch clamps it without gradient
+    loss = nn.GaussianNLLLoss(full=full, eps=1e-3, reduction=reduction)
+    h_mean, h_var = losses.gaussian_nll_diag(mean, target, var, reduction, eps=1e-3)
+    assert_close(h_mean, exact_loss_diag(lambda m: loss(m, target, var), mean))
+    assert_close(h_var, exact_loss_diag(lambda v: loss(mean, target, v), var))
+
+
+def test_unknown_reduction_is_an_error():
+    with pytest.raises(ValueError, match="reduction='none'.*'mean' or 'sum'"):
+        losses.mse_diag(torch.zeros(2), "none")
