@@ -1,0 +1,105 @@
+"""AdaHesScale and AdaHesScaleGN: Adam-style optimizers preconditioned by HesScale diagonals."""
+
+from __future__ import annotations
+
+from hesscale.extensions import HesScale, HesScaleGN
+from hesscale.optim.base import ExtensionAdam, ParamsT, adam_defaults
+
+
+class AdaHesScale(ExtensionAdam):
+    """Adam with the squared gradient replaced by a HesScale Hessian-diagonal estimate.
+
+    Two ways to drive it (the model and the loss function must be ``backpack.extend``-ed):
+
+    1. Explicit backward, as in the original README (use it when you own the training loop)::
+
+           opt.zero_grad()
+           loss = loss_fn(model(x), y)
+           with backpack(opt.method):   # opt.method is the extension this optimizer needs
+               loss.backward()
+           opt.step()
+
+    2. Closure (shortest; use it when something else should not run backward)::
+
+           opt.step(lambda: loss_fn(model(x), y))
+
+       The optimizer sets every gradient to None (no ``zero_grad()`` needed), calls the
+       closure under grad mode, and runs ``loss.backward()`` under ``opt.method`` itself. A
+       closure may instead run backward itself, under ``with backpack(opt.method)``; the
+       optimizer notices the gradients and does not run backward again.
+
+    ``step()`` raises if a parameter has a gradient but no fresh diagonal (backward did not run
+    under ``opt.method``, or a diagonal was already used by an earlier step).
+
+    Update (see hesscale.optim.update for the exact formulas): m and v are exponential moving
+    averages of the gradient and of c(h), h the diagonal; p -= lr * m_hat / (d(v_hat) + eps)
+    with bias-corrected m_hat, v_hat.
+
+    Args:
+        params: parameters or param groups, as for any torch.optim optimizer.
+        lr: step size. The default, 0.02, trains the examples and the digits MLP (a short grid
+            on digits put the best value between 0.01 and 0.05; see benchmarks/digits_mlp.py);
+            tune it as you would Adam's.
+        betas: decay rates of the moving averages of g and of c(h).
+        eps: added to the denominator.
+        weight_decay: decoupled (AdamW-style) weight decay: p *= 1 - lr * weight_decay.
+        maximize: maximize the objective instead (the gradient is negated; c(h) does not
+            depend on the sign of h).
+        preconditioner: 'adam' (v averages h^2, denominator sqrt(v_hat); the original
+            AdaHesScale), 'sqrt' (v averages |h|, denominator sqrt(v_hat)) or 'newton' (v averages
+            |h|, denominator v_hat).
+        delta: trust region, off when None. When given, the whole step of each param group is
+            scaled by min(max_scale, sqrt(2 * delta / sum(k_hat * u^2))), u the update above and
+            k_hat the |h| estimate: the diagonal quadratic model's predicted change is <= delta.
+            Weight decay is not scaled.
+        max_scale: the largest factor the trust region may scale a step by.
+        on_nonfinite: 'raise' (default) raises NonFiniteError when a gradient or diagonal holds
+            inf/NaN; 'skip' warns and skips the whole step, leaving parameters and state as they
+            were.
+    """
+
+    savefield = "hesscale"
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 0.02,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        preconditioner: str = "adam",
+        delta: float | None = None,
+        max_scale: float = 1.0,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        defaults = adam_defaults(
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            maximize,
+            preconditioner=preconditioner,
+            delta=delta,
+            max_scale=max_scale,
+            on_nonfinite=on_nonfinite,
+        )
+        super().__init__(params, defaults, self._make_method())
+
+    @staticmethod
+    def _make_method():
+        return HesScale()
+
+
+class AdaHesScaleGN(AdaHesScale):
+    """AdaHesScale driven by HesScaleGN (Gauss-Newton) diagonals, in ``p.hesscale_gn``.
+
+    Same arguments and usage as AdaHesScale; ``opt.method`` is a HesScaleGN() instance.
+    """
+
+    savefield = "hesscale_gn"
+
+    @staticmethod
+    def _make_method():
+        return HesScaleGN()

@@ -1,0 +1,112 @@
+"""AdaHessian (Yao et al. 2021): the Adam-style update with a Hutchinson Hessian diagonal."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hesscale.extensions.base import HesScaleError
+from hesscale.optim.base import DiagonalAdam, ParamsT, adam_defaults
+
+
+def rademacher_like(t: Tensor) -> Tensor:
+    """Independent +1/-1 entries with probability 1/2 each."""
+    return torch.randint(0, 2, t.shape, device=t.device, dtype=t.dtype).mul_(2).sub_(1)
+
+
+def spatial_average(d: Tensor) -> Tensor:
+    """Average over a convolution kernel's spatial dims (2, 3, ...), broadcast back.
+
+    Parameters with fewer than three dims (linear weights, biases) are returned unchanged."""
+    if d.dim() < 3:
+        return d
+    return d.mean(dim=tuple(range(2, d.dim())), keepdim=True).expand_as(d)
+
+
+class AdaHessian(DiagonalAdam):
+    """AdaHessian: Adam with v averaging D^2, D = |v * Hv| for a Rademacher vector v.
+
+    D is Hutchinson's one-sample estimate of |diag(H)| (v*Hv is unbiased for diag(H)),
+    averaged over the spatial dims of conv kernels (``spatial_average``); the denominator is
+    sqrt(v_hat)^hessian_power + eps. The Hessian-vector product differentiates the gradient,
+    so the gradient's graph must exist:
+
+    1. Explicit backward (use when you own the loop)::
+
+           opt.zero_grad()
+           loss_fn(model(x), y).backward(create_graph=True)
+           opt.step()
+
+       PyTorch warns that create_graph=True makes a reference cycle; step() breaks it by
+       replacing each p.grad with its detached value.
+
+    2. Closure (recommended: no cycle, no warning)::
+
+           opt.step(lambda: loss_fn(model(x), y))
+
+       The optimizer sets gradients to None, calls the closure and differentiates the returned
+       loss itself with torch.autograd.grad(create_graph=True); p.grad holds the (detached)
+       gradient afterwards. A closure may instead call backward(create_graph=True) itself.
+
+    ``opt.method`` is None: AdaHessian needs no BackPACK extension (nor ``extend``).
+    Defaults follow the AdaHessian paper: lr=0.15, betas=(0.9, 0.999), eps=1e-4,
+    hessian_power=1. Other arguments as AdaHesScale (decoupled weight_decay, maximize,
+    on_nonfinite).
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 0.15,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-4,
+        weight_decay: float = 0.0,
+        hessian_power: float = 1.0,
+        *,
+        maximize: bool = False,
+        spatial_average: bool = True,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        defaults = adam_defaults(
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            maximize,
+            hessian_power=hessian_power,
+            on_nonfinite=on_nonfinite,
+        )
+        defaults["spatial_average"] = spatial_average
+        super().__init__(params, defaults)
+
+    def _backward(self, loss: Tensor) -> None:
+        params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+
+    def _diagonals(self, params: list[Tensor]) -> list[Tensor]:
+        grads = [p.grad for p in params]
+        for p in params:
+            p.grad = p.grad.detach()  # break the parameter <-> graph reference cycle
+        outputs = [i for i, g in enumerate(grads) if g.requires_grad]
+        if not outputs:
+            raise HesScaleError(
+                "AdaHessian.step(): the gradients carry no graph, so Hessian-vector products "
+                "cannot be taken. Call loss.backward(create_graph=True) before step(), or call "
+                "opt.step(closure) with a closure that returns the loss."
+            )
+        vs = [rademacher_like(p) for p in params]
+        with torch.enable_grad():
+            hvs = torch.autograd.grad(
+                [grads[i] for i in outputs],
+                params,
+                grad_outputs=[vs[i] for i in outputs],
+                allow_unused=True,
+            )
+        average = {id(p): g["spatial_average"] for g in self.param_groups for p in g["params"]}
+        diagonals = []
+        for p, v, hv in zip(params, vs, hvs, strict=True):
+            d = torch.zeros_like(p) if hv is None else (v * hv).abs()
+            diagonals.append(spatial_average(d) if average[id(p)] else d)
+        return diagonals

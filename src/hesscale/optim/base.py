@@ -1,0 +1,278 @@
+"""Plumbing shared by the optimizers: param groups, validation, closures, checks, the step loop.
+
+The update itself lives in hesscale.optim.update; subclasses only say where the Hessian-diagonal
+estimate comes from (``_diagonals``) and how a closure's loss is backpropagated (``_backward``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from backpack import backpack
+from backpack.extensions.backprop_extension import BackpropExtension
+from torch import Tensor
+
+from hesscale.extensions.base import HesScaleError
+from hesscale.optim import update
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
+ON_NONFINITE = ("raise", "skip")
+
+
+class NonFiniteError(HesScaleError, FloatingPointError):
+    """A gradient or Hessian-diagonal estimate holds inf or NaN (see ``on_nonfinite``)."""
+
+
+def _shape(p: Tensor) -> str:
+    return str(tuple(p.shape))
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        graph = "with" if value.grad_fn is not None else "without"
+        return f"a tensor of shape {_shape(value)} {graph} a graph"
+    return type(value).__name__
+
+
+class DiagonalAdam(torch.optim.Optimizer):
+    """Adam-style optimizer preconditioned by a Hessian-diagonal estimate (abstract).
+
+    See hesscale.optim.update for the update. Options live in each param group, as in
+    torch.optim: lr, betas, eps, weight_decay, maximize, preconditioner, hessian_power, delta,
+    max_scale, on_nonfinite.
+    """
+
+    method: BackpropExtension | None = None
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+        self._used: dict[int, weakref.ref] = {}
+        super().__init__(params, defaults)
+
+    # validation ---------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        _validate({**self.defaults, **param_group}, type(self).__name__)
+        super().add_param_group(param_group)
+
+    # the step ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One update. Without a closure, backward must have run already (see the class doc).
+
+        With a closure: the optimizer sets every gradient to None, calls ``closure()`` under
+        grad mode, and, if the closure did not run backward itself, runs the backward pass that
+        this optimizer needs on the returned loss. Returns the closure's loss (or None).
+        """
+        loss = self._run_closure(closure) if closure is not None else None
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return loss
+        diagonals = dict(zip(map(id, params), self._diagonals(params), strict=True))
+        if not self._all_finite(params, diagonals):
+            return loss
+        for group in self.param_groups:
+            self._update_group(group, diagonals)
+        return loss
+
+    def _update_group(self, group: dict[str, Any], diagonals: dict[int, Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        lr, wd = group["lr"], group["weight_decay"]
+        params, us, k_hats = [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            g = -p.grad if group["maximize"] else p.grad
+            u, k_hat = update.moments_step(
+                self.state[p],
+                g,
+                diagonals[id(p)],
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                preconditioner=group["preconditioner"],
+                power=group["hessian_power"],
+            )
+            params.append(p)
+            us.append(u)
+            k_hats.append(k_hat)
+        if not params:
+            return
+        if group["delta"] is not None:
+            scale = update.trust_region_scale(us, k_hats, group["delta"], group["max_scale"])
+            us = [u * scale for u in us]
+        for p, u in zip(params, us, strict=True):
+            if wd != 0:
+                p.mul_(1 - lr * wd)
+            p.sub_(u)
+
+    def _all_finite(self, params: list[Tensor], diagonals: dict[int, Tensor]) -> bool:
+        """True if every gradient and diagonal is finite; else raise or warn and skip."""
+        flags = [torch.isfinite(p.grad).all() for p in params]
+        flags += [torch.isfinite(diagonals[id(p)]).all() for p in params]
+        if bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):
+            return True
+        name = type(self).__name__
+        p, what = next(
+            (p, what)
+            for p in params
+            for what, t in (("gradient", p.grad), ("Hessian-diagonal estimate", diagonals[id(p)]))
+            if not bool(torch.isfinite(t).all())
+        )
+        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+        message = (
+            f"{name}.step(): the {what} of a parameter of shape {_shape(p)} holds inf or NaN "
+            "(diverging training, or a loss/model producing non-finite values)."
+        )
+        if group["on_nonfinite"] == "raise":
+            raise NonFiniteError(
+                message + " Lower lr, raise eps, or pass on_nonfinite='skip' to skip such steps."
+            )
+        warnings.warn(message + " Skipping this step (on_nonfinite='skip').", stacklevel=3)
+        return False
+
+    def _run_closure(self, closure: Callable[[], Tensor]) -> Tensor:
+        self.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = closure()
+        if any(p.grad is not None for g in self.param_groups for p in g["params"]):
+            return loss  # the closure ran backward itself
+        if not isinstance(loss, Tensor) or loss.numel() != 1 or loss.grad_fn is None:
+            raise ValueError(
+                f"{type(self).__name__}.step(closure): the closure must return the loss, a "
+                "one-element tensor attached to the graph of the parameters (got "
+                f"{_describe(loss)})."
+            )
+        with torch.enable_grad():
+            self._backward(loss)
+        return loss
+
+    # what subclasses provide ---------------------------------------------------------------
+
+    def _backward(self, loss: Tensor) -> None:
+        """Backpropagate a closure's loss so that ``_diagonals`` finds what it needs."""
+        raise NotImplementedError
+
+    def _diagonals(self, params: list[Tensor]) -> list[Tensor]:
+        """The Hessian-diagonal estimate of each parameter (all have a gradient)."""
+        raise NotImplementedError
+
+
+class ExtensionAdam(DiagonalAdam):
+    """DiagonalAdam reading the diagonal that a BackPACK extension left in ``p.<savefield>``.
+
+    ``self.method`` is the extension instance; run ``with backpack(opt.method): loss.backward()``
+    before each ``step()``, or pass ``step()`` a closure that returns the loss.
+    """
+
+    savefield: str
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any], method: BackpropExtension):
+        self.method = method
+        super().__init__(params, defaults)
+
+    def _backward(self, loss: Tensor) -> None:
+        with backpack(self.method):
+            loss.backward()
+
+    def _diagonals(self, params: list[Tensor]) -> list[Tensor]:
+        name, field = type(self).__name__, self.savefield
+        how = (
+            "Run the backward pass under the optimizer's extension, `with backpack(opt.method): "
+            "loss.backward()` (after backpack.extend(model) and extend(loss_fn)), before every "
+            "step(), or call opt.step(closure) with a closure that returns the loss."
+        )
+        diagonals = []
+        for p in params:
+            h = getattr(p, field, None)
+            if h is None:
+                raise HesScaleError(
+                    f"{name}.step(): a parameter of shape {_shape(p)} has a gradient but no "
+                    f"'{field}'; {how}"
+                )
+            if h.shape != p.shape:
+                raise HesScaleError(
+                    f"{name}.step(): '{field}' of a parameter of shape {_shape(p)} has shape "
+                    f"{_shape(h)}."
+                )
+            used = self._used.get(id(p))
+            if used is not None and used() is h:
+                raise HesScaleError(
+                    f"{name}.step(): the '{field}' of a parameter of shape {_shape(p)} was already "
+                    f"used by an earlier step() (backward ran without the extension?). {how}"
+                )
+            self._used[id(p)] = weakref.ref(h)
+            diagonals.append(h)
+        return diagonals
+
+
+def _validate(group: dict[str, Any], name: str) -> None:
+    """Raise ValueError naming the first invalid hyperparameter of ``group``."""
+
+    def bad(key: str, rule: str) -> ValueError:
+        return ValueError(f"{name}: invalid {key}={group[key]!r}; {rule}.")
+
+    def number(key: str) -> bool:
+        value = group[key]
+        if isinstance(value, Tensor):
+            value = value.item() if value.numel() == 1 else math.nan
+        return isinstance(value, int | float) and math.isfinite(value)
+
+    if not number("lr") or group["lr"] < 0:
+        raise bad("lr", "need a finite lr >= 0")
+    betas = group["betas"]
+    if (
+        not isinstance(betas, tuple | list)
+        or len(betas) != 2
+        or not all(isinstance(b, int | float) and 0 <= b < 1 for b in betas)
+    ):
+        raise bad("betas", "need two numbers in [0, 1)")
+    if not number("eps") or group["eps"] < 0:
+        raise bad("eps", "need eps >= 0")
+    if not number("weight_decay") or group["weight_decay"] < 0:
+        raise bad("weight_decay", "need weight_decay >= 0")
+    if group["preconditioner"] not in update.PRECONDITIONERS:
+        raise bad("preconditioner", f"supported: {', '.join(update.PRECONDITIONERS)}")
+    if not number("hessian_power") or not 0 <= group["hessian_power"] <= 1:
+        raise bad("hessian_power", "need 0 <= hessian_power <= 1")
+    if group["delta"] is not None and (not number("delta") or group["delta"] <= 0):
+        raise bad("delta", "need delta > 0, or None for no trust region")
+    if not number("max_scale") or group["max_scale"] <= 0:
+        raise bad("max_scale", "need max_scale > 0")
+    if group["on_nonfinite"] not in ON_NONFINITE:
+        raise bad("on_nonfinite", f"supported: {', '.join(map(repr, ON_NONFINITE))}")
+    if not isinstance(group["maximize"], bool):
+        raise bad("maximize", "need True or False")
+
+
+def adam_defaults(
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    preconditioner: str = "adam",
+    hessian_power: float = 1.0,
+    delta: float | None = None,
+    max_scale: float = 1.0,
+    on_nonfinite: str = "raise",
+) -> dict[str, Any]:
+    """The defaults dict of a DiagonalAdam (every key a param group may override)."""
+    return dict(
+        lr=lr,
+        betas=tuple(betas),
+        eps=eps,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        preconditioner=preconditioner,
+        hessian_power=hessian_power,
+        delta=delta,
+        max_scale=max_scale,
+        on_nonfinite=on_nonfinite,
+    )
