@@ -1,0 +1,69 @@
+"""Estimators computed with plain autograd: Hutchinson (AdaHessian), squared gradient, zero."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from hesscale.estimators.base import Estimator, check_samples, clean_gradients, trainable
+
+
+def rademacher(
+    shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """Independent entries +1 or -1 with probability 1/2 each, dtype and device of ``like``."""
+    bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
+    return (2 * bits - 1).to(like.dtype)
+
+
+class Hutchinson(Estimator):
+    """Hutchinson's estimator as in AdaHessian: diag(H) ~ mean over probes of v * (H v), with
+    Rademacher probes v, whose expectation is exactly diag(H). Costs one backward pass with
+    ``create_graph=True`` plus one Hessian-vector product per probe (batched with vmap).
+
+    ``generator`` (optional) makes the probes reproducible independently of torch's global RNG.
+    """
+
+    stochastic = True
+
+    def __init__(self, samples: int = 1, generator: torch.Generator | None = None) -> None:
+        self.samples = check_samples(samples, "Hutchinson probes")
+        self.generator = generator
+        self.name = f"Hutchinson-{samples}"
+        self.one_backprop = samples == 1
+
+    def probes(self, params: list[nn.Parameter]) -> list[Tensor]:
+        """One (samples, *p.shape) Rademacher tensor per parameter (drawn in that order)."""
+        return [rademacher((self.samples, *p.shape), p, self.generator) for p in params]
+
+    def estimate(self, model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor) -> list[Tensor]:
+        params = trainable(model)
+        with clean_gradients(params):
+            loss = loss_fn(model(x), y)
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            vs = self.probes(params)
+            hvs = torch.autograd.grad(grads, params, grad_outputs=vs, is_grads_batched=True)
+        return [(v * hv).mean(0).detach() for v, hv in zip(vs, hvs, strict=True)]
+
+
+class SquaredGradient(Estimator):
+    """The squared gradient of the mini-batch loss, g * g (with batch size 1 the empirical
+    Fisher diagonal of that example; Adam's second-moment input)."""
+
+    name = "SquaredGrad"
+    one_backprop = True
+
+    def estimate(self, model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor) -> list[Tensor]:
+        params = trainable(model)
+        with clean_gradients(params):
+            grads = torch.autograd.grad(loss_fn(model(x), y), params)
+        return [g.detach().square() for g in grads]
+
+
+class Zero(Estimator):
+    """The zero diagonal: the floor any useful estimate must beat."""
+
+    name = "Zero"
+
+    def estimate(self, model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor) -> list[Tensor]:
+        return [torch.zeros_like(p) for p in trainable(model)]
