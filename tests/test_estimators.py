@@ -283,14 +283,15 @@ def test_one_sample_monte_carlo_ggn_is_unbiased():
 
 
 @pytest.mark.parametrize("loss", ["ce", "mse"])
-def test_hutchinson_is_v_times_hessian_vector_product(loss):
+@pytest.mark.parametrize("samples", [3, Hutchinson.BATCHED_ABOVE + 1])  # looped and batched
+def test_hutchinson_is_v_times_hessian_vector_product(loss, samples):
     model, loss_fn, x, y = tiny_problem(loss)
     hess = dense_hessian(model, loss_fn, x, y)
-    got = Hutchinson(3, generator=torch.Generator().manual_seed(5)).estimate(model, loss_fn, x, y)
-    probes = Hutchinson(3, generator=torch.Generator().manual_seed(5)).probes(
-        list(model.parameters())
-    )
-    v = torch.cat([pr.reshape(3, -1) for pr in probes], 1)  # (probes, parameters)
+    est = Hutchinson(samples, generator=torch.Generator().manual_seed(5))
+    got = est.estimate(model, loss_fn, x, y)
+    est.generator.manual_seed(5)
+    probes = est.probes(list(model.parameters()))
+    v = torch.cat([pr.reshape(samples, -1) for pr in probes], 1)  # (probes, parameters)
     assert set(v.unique().tolist()) == {-1.0, 1.0}
     expected = (v * (v @ hess)).mean(0)
     torch.testing.assert_close(flat(got), expected, **TOL)

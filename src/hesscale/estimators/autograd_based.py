@@ -19,12 +19,13 @@ def rademacher(
 class Hutchinson(Estimator):
     """Hutchinson's estimator as in AdaHessian: diag(H) ~ mean over probes of v * (H v), with
     Rademacher probes v, whose expectation is exactly diag(H). Costs one backward pass with
-    ``create_graph=True`` plus one Hessian-vector product per probe (batched with vmap).
+    ``create_graph=True`` plus one Hessian-vector product per probe.
 
     ``generator`` (optional) makes the probes reproducible independently of torch's global RNG.
     """
 
     stochastic = True
+    BATCHED_ABOVE = 16  # more probes than this: one vmapped (batched) backward pass
 
     def __init__(self, samples: int = 1, generator: torch.Generator | None = None) -> None:
         self.samples = check_samples(samples, "Hutchinson probes")
@@ -42,7 +43,16 @@ class Hutchinson(Estimator):
             loss = loss_fn(model(x), y)
             grads = torch.autograd.grad(loss, params, create_graph=True)
             vs = self.probes(params)
-            hvs = torch.autograd.grad(grads, params, grad_outputs=vs, is_grads_batched=True)
+            if self.samples > self.BATCHED_ABOVE:
+                hvs = torch.autograd.grad(grads, params, grad_outputs=vs, is_grads_batched=True)
+            else:  # a loop of products is faster than vmap for a few probes
+                products = [
+                    torch.autograd.grad(
+                        grads, params, [v[i] for v in vs], retain_graph=i + 1 < self.samples
+                    )
+                    for i in range(self.samples)
+                ]
+                hvs = [torch.stack(hv) for hv in zip(*products, strict=True)]
         return [(v * hv).mean(0).detach() for v, hv in zip(vs, hvs, strict=True)]
 
 
