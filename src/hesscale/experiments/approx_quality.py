@@ -1,0 +1,388 @@
+"""Approximation quality: how close is each diagonal estimate to the exact Hessian diagonal?
+
+The study of the HesScale paper (Elsayed & Mahmood 2022), as one command. An MLP (default:
+three hidden layers of 32 tanh units) learns from a stream of single examples. At every step
+each method estimates the Hessian diagonal of that example's loss; we record the L1 distance
+to the exact diagonal (BackPACK's DiagHessian), per layer and in total; then the network takes
+an SGD step, so curvature is measured along a learning trajectory. Repeated over seeds.
+
+Reported: each method's mean total L1 error normalised by HesScale's (HesScale = 1; per-seed
+ratios, then their mean and spread), and the mean L1 error of each layer.
+
+Outputs under ``--out``: ``results.json`` (configuration, summary and the raw errors,
+indexed [seed][step][method][layer]), ``errors.csv`` (the same raw errors, one row each),
+``summary.csv``, ``normalised_error.png`` and ``error_by_layer.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from hesscale.estimators import Estimator, exact_hessian, standard_estimators
+from hesscale.experiments.approx_data import DATASETS, example_stream, load_dataset
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+LOSSES = ("ce", "mse")
+NORMALISER = "HesScale"
+# the methods the paper compares HesScale with at about the cost of one backward pass
+ONE_BACKPROP_RIVALS = ("GGN-MC-1", "KFAC-1", "Hutchinson-1", "BL89", "SquaredGrad")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    data: str = "digits"
+    data_dir: str = "data"
+    download: bool = False
+    seeds: int = 5
+    steps: int = 150
+    width: int = 32
+    depth: int = 3
+    activation: str = "tanh"
+    loss: str = "ce"
+    lr: float = 0.004
+    samples: int = 10
+    dtype: str = "float64"
+    methods: tuple[str, ...] | None = None  # None: all of standard_estimators(samples)
+
+    def validate(self) -> None:
+        for field in ("seeds", "steps", "width", "depth", "samples"):
+            value = getattr(self, field)
+            if value < 1:
+                raise ValueError(f"--{field} must be at least 1, got {value}")
+        if self.lr < 0 or not math.isfinite(self.lr):
+            raise ValueError(f"--lr must be a finite non-negative number, got {self.lr}")
+        choices = {
+            "data": DATASETS,
+            "activation": tuple(ACTIVATIONS),
+            "loss": LOSSES,
+            "dtype": ("float32", "float64"),
+        }
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(
+                    f"--{field} {getattr(self, field)!r} is not supported; "
+                    f"choose one of {', '.join(allowed)}"
+                )
+
+
+def build_mlp(
+    n_in: int, n_out: int, width: int, depth: int, activation: type[nn.Module]
+) -> nn.Sequential:
+    """``depth`` hidden layers of ``width`` units, each followed by ``activation``."""
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(n_in if i == 0 else width, width), activation()]
+    layers.append(nn.Linear(width if depth else n_in, n_out))
+    return nn.Sequential(*layers)
+
+
+def select_methods(config: StudyConfig) -> list[Estimator]:
+    """The compared methods (the exact reference itself excluded)."""
+    methods = [m for m in standard_estimators(config.samples) if m.name != "Exact"]
+    if config.methods is None:
+        return methods
+    by_name = {m.name: m for m in methods}
+    unknown = [name for name in config.methods if name not in by_name]
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {', '.join(unknown)}; available with --samples "
+            f"{config.samples}: {', '.join(by_name)}"
+        )
+    if NORMALISER not in config.methods:
+        raise ValueError(f"--methods must include {NORMALISER}: errors are normalised by it")
+    return [by_name[name] for name in dict.fromkeys(config.methods)]
+
+
+def layer_index(model: nn.Module) -> tuple[list[str], list[int]]:
+    """Names of the parametrised layers, and for each trainable parameter its layer's index."""
+    names, owner = [], {}
+    for module in model.modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if own:
+            for p in own:
+                owner[id(p)] = len(names)
+            names.append(f"layer {len(names) + 1}")
+    return names, [owner[id(p)] for p in model.parameters() if p.requires_grad]
+
+
+def l1_by_layer(
+    estimate: list[Tensor], exact: list[Tensor], owners: list[int], n_layers: int
+) -> np.ndarray:
+    errors = np.zeros(n_layers)
+    for est, ref, layer in zip(estimate, exact, owners, strict=True):
+        errors[layer] += float((est - ref).abs().sum())
+    return errors
+
+
+def run_seed(
+    seed: int,
+    config: StudyConfig,
+    data: tuple[Tensor, Tensor, int],
+    methods: list[Estimator],
+    progress: tqdm | None = None,
+) -> np.ndarray:
+    """Errors of one seed's trajectory, shape (steps, methods, layers)."""
+    inputs, labels, n_classes = data
+    dtype = getattr(torch, config.dtype)
+    torch.manual_seed(seed)  # initialisation and the stochastic estimators
+    model = build_mlp(
+        inputs.shape[1], n_classes, config.width, config.depth, ACTIVATIONS[config.activation]
+    ).to(dtype)
+    loss_fn = nn.CrossEntropyLoss() if config.loss == "ce" else nn.MSELoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    reference = exact_hessian()
+    layer_names, owners = layer_index(model)
+    errors = np.zeros((config.steps, len(methods), len(layer_names)))
+    stream = example_stream(
+        inputs, labels, config.steps, torch.Generator().manual_seed(10_000 + seed)
+    )
+    for step, (x, label) in enumerate(stream):
+        x = x.to(dtype)
+        y = label if config.loss == "ce" else nn.functional.one_hot(label, n_classes).to(dtype)
+        exact = reference.estimate(model, loss_fn, x, y)
+        for j, method in enumerate(methods):
+            estimate = method.estimate(model, loss_fn, x, y)
+            errors[step, j] = l1_by_layer(estimate, exact, owners, len(layer_names))
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+        if progress is not None:
+            progress.update()
+    return errors
+
+
+def summarise(errors: np.ndarray, names: list[str], layer_names: list[str]) -> list[dict]:
+    """Per method: mean total L1, its ratio to HesScale's per seed, and per-layer mean L1."""
+    total = errors.sum(-1).mean(1)  # (seeds, methods): mean over steps of the total L1
+    normalised = total / total[:, [names.index(NORMALISER)]]
+    rows = []
+    for j, name in enumerate(names):
+        ratios = normalised[:, j]
+        rows.append(
+            {
+                "method": name,
+                "l1_total": float(total[:, j].mean()),
+                "normalised_mean": float(ratios.mean()),
+                "normalised_std": float(ratios.std(ddof=1)) if len(ratios) > 1 else 0.0,
+                "normalised_per_seed": ratios.tolist(),
+                "l1_by_layer": dict(
+                    zip(layer_names, errors[:, :, j].mean((0, 1)).tolist(), strict=True)
+                ),
+            }
+        )
+    return rows
+
+
+def verdict(rows: list[dict]) -> tuple[bool, list[str]]:
+    """Whether HesScale's error is below every present one-backprop rival's, in every seed."""
+    by_name = {row["method"]: row for row in rows}
+    lines, beats_all = [], True
+    for rival in ONE_BACKPROP_RIVALS:
+        if rival not in by_name:
+            continue
+        ratios = np.asarray(by_name[rival]["normalised_per_seed"])
+        wins = int((ratios > 1).sum())
+        beats_all &= wins == len(ratios)
+        lines.append(
+            f"  {rival:<13} error / HesScale's = {ratios.mean():8.3g}  "
+            f"(HesScale better in {wins}/{len(ratios)} seeds)"
+        )
+    return beats_all, lines
+
+
+def format_table(rows: list[dict], layer_names: list[str]) -> str:
+    head = f"{'method':<14}{'1 bp':>5}{'L1 total':>11}{'norm. mean':>12}{'± std':>10}"
+    head += "".join(f"{'L1 ' + n.split()[-1]:>10}" for n in layer_names)
+    lines = [head, "-" * len(head)]
+    one_bp = set(ONE_BACKPROP_RIVALS) | {"HesScale", "HesScaleGN"}
+    for row in sorted(rows, key=lambda r: r["normalised_mean"]):
+        line = (
+            f"{row['method']:<14}{'yes' if row['method'] in one_bp else '':>5}"
+            f"{row['l1_total']:>11.4g}{row['normalised_mean']:>12.4g}{row['normalised_std']:>10.3g}"
+        )
+        line += "".join(f"{row['l1_by_layer'][n]:>10.3g}" for n in layer_names)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], layer_names: list[str], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["normalised_mean"])
+    names = [r["method"] for r in rows]
+    positions = np.arange(len(rows))
+    colours = ["tab:red" if n == NORMALISER else "tab:blue" for n in names]
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows) + 2), 4.2))
+    ax.bar(positions, [r["normalised_mean"] for r in rows], color=colours, alpha=0.6)
+    for i, row in enumerate(rows):
+        seeds = np.asarray(row["normalised_per_seed"])
+        jitter = np.linspace(-0.15, 0.15, len(seeds)) if len(seeds) > 1 else np.zeros(1)
+        ax.scatter(i + jitter, seeds, s=10, color="black", zorder=3)
+    ax.axhline(1.0, color="tab:red", linewidth=0.8, linestyle="--")
+    ax.set_yscale("log")
+    ax.set_xticks(positions, names, rotation=45, ha="right")
+    ax.set_ylabel("L1 error / HesScale's (log)")
+    ax.set_title("Distance to the exact Hessian diagonal (bars: mean; dots: seeds)")
+    fig.tight_layout()
+    first = out / "normalised_error.png"
+    fig.savefig(first, dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows) + 2), 4.2))
+    width = 0.8 / len(layer_names)
+    for k, layer in enumerate(layer_names):
+        values = [max(r["l1_by_layer"][layer], 1e-300) for r in rows]
+        ax.bar(positions + (k - (len(layer_names) - 1) / 2) * width, values, width, label=layer)
+    ax.set_yscale("log")
+    ax.set_xticks(positions, names, rotation=45, ha="right")
+    ax.set_ylabel("mean L1 error per step (log)")
+    ax.set_title("Distance to the exact Hessian diagonal, by layer")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    second = out / "error_by_layer.png"
+    fig.savefig(second, dpi=120)
+    plt.close(fig)
+    return [first, second]
+
+
+def write_outputs(
+    out: Path,
+    config: StudyConfig,
+    names: list[str],
+    layer_names: list[str],
+    errors: np.ndarray,
+    rows: list[dict],
+    seconds: float,
+) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "config": asdict(config),
+        "reference": "exact Hessian diagonal (BackPACK DiagHessian)",
+        "methods": names,
+        "layers": layer_names,
+        "seconds": seconds,
+        "summary": rows,
+        "errors": errors.tolist(),
+    }
+    paths = [out / "results.json", out / "errors.csv", out / "summary.csv"]
+    paths[0].write_text(json.dumps(results, indent=1))
+    with paths[1].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["seed", "step", "method", "layer", "l1"])
+        for s, step, j, k in np.ndindex(errors.shape):
+            writer.writerow([s, step, names[j], layer_names[k], repr(float(errors[s, step, j, k]))])
+    with paths[2].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["method", "l1_total", "normalised_mean", "normalised_std"]
+            + [f"l1_{n.replace(' ', '_')}" for n in layer_names]
+        )
+        for row in rows:
+            writer.writerow(
+                [row["method"], row["l1_total"], row["normalised_mean"], row["normalised_std"]]
+                + [row["l1_by_layer"][n] for n in layer_names]
+            )
+    return paths + plot(rows, layer_names, out)
+
+
+def run_study(config: StudyConfig, out: Path, progress: bool = True) -> dict:
+    """Run every seed, write the outputs, and return the summary."""
+    config.validate()
+    methods = select_methods(config)
+    data = load_dataset(config.data, config.data_dir, config.download)
+    names = [m.name for m in methods]
+    layer_names, _ = layer_index(
+        build_mlp(data[0].shape[1], data[2], config.width, config.depth, nn.Tanh)
+    )
+    start = time.perf_counter()
+    with tqdm(
+        total=config.seeds * config.steps, desc="approx-quality", unit="step", disable=not progress
+    ) as bar:
+        errors = np.stack(
+            [run_seed(seed, config, data, methods, bar) for seed in range(config.seeds)]
+        )
+    seconds = time.perf_counter() - start
+    rows = summarise(errors, names, layer_names)
+    paths = write_outputs(out, config, names, layer_names, errors, rows, seconds)
+    beats_all, lines = verdict(rows)
+    return {
+        "rows": rows,
+        "layers": layer_names,
+        "beats_all": beats_all,
+        "verdict": lines,
+        "paths": paths,
+        "seconds": seconds,
+    }
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    defaults = StudyConfig()
+    add = parser.add_argument
+    add("--data", choices=DATASETS, default=defaults.data, help="digits is built in (default)")
+    add("--data-dir", default=defaults.data_dir, help="where MNIST is (torchvision layout)")
+    add("--download", action="store_true", help="download MNIST into --data-dir if missing")
+    add("--seeds", type=int, default=defaults.seeds, help="independent runs (seeds 0..N-1)")
+    add("--steps", type=int, default=defaults.steps, help="examples (SGD steps) per seed")
+    add("--width", type=int, default=defaults.width, help="units per hidden layer")
+    add("--depth", type=int, default=defaults.depth, help="number of hidden layers")
+    add("--activation", choices=tuple(ACTIVATIONS), default=defaults.activation)
+    add("--loss", choices=LOSSES, default=defaults.loss, help="cross-entropy or MSE (one-hot)")
+    add("--lr", type=float, default=defaults.lr, help="SGD step size")
+    add(
+        "--samples", type=int, default=defaults.samples, help="k for GGN-MC-k, KFAC-k, Hutchinson-k"
+    )
+    add("--dtype", choices=("float32", "float64"), default=defaults.dtype)
+    add("--methods", default=None, help="comma-separated subset (must include HesScale)")
+    add("--out", default="results/approx-quality", help="output directory")
+    add("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    config = StudyConfig(
+        data=args.data,
+        data_dir=args.data_dir,
+        download=args.download,
+        seeds=args.seeds,
+        steps=args.steps,
+        width=args.width,
+        depth=args.depth,
+        activation=args.activation,
+        loss=args.loss,
+        lr=args.lr,
+        samples=args.samples,
+        dtype=args.dtype,
+        methods=tuple(m.strip() for m in args.methods.split(",")) if args.methods else None,
+    )
+    try:
+        result = run_study(config, Path(args.out), progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"hesscale approx-quality: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"\nL1 distance to the exact Hessian diagonal: {config.data}, MLP {config.depth}x"
+        f"{config.width} {config.activation}, {config.loss} loss, {config.seeds} seeds x "
+        f"{config.steps} steps, SGD lr {config.lr} ({result['seconds']:.0f} s)\n"
+    )
+    print(format_table(result["rows"], result["layers"]))
+    print("\nHesScale vs. the methods that cost about one backprop:")
+    print("\n".join(result["verdict"]))
+    answer = "yes" if result["beats_all"] else "no"
+    print(f"HesScale more accurate than all of them in every seed: {answer}")
+    print("\nwrote " + ", ".join(str(p) for p in result["paths"]))
+    return 0

@@ -1,0 +1,107 @@
+"""The approximation-quality study end to end, with tiny settings (seconds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hesscale.cli import main
+from hesscale.estimators import Zero, exact_hessian, hesscale_estimator
+from hesscale.experiments.approx_data import example_stream, load_dataset
+from hesscale.experiments.approx_quality import StudyConfig, run_seed, verdict
+
+TINY = ["--seeds", "2", "--steps", "3", "--width", "4", "--depth", "2", "--samples", "2"]
+
+
+def run_cli(tmp_path, *extra: str) -> int:
+    return main(["approx-quality", *TINY, "--out", str(tmp_path), "--no-progress", *extra])
+
+
+def test_tiny_run_writes_table_json_csv_and_figures(tmp_path, capsys):
+    assert run_cli(tmp_path) == 0
+    printed = capsys.readouterr().out
+    assert "HesScale" in printed and "norm. mean" in printed
+    results = json.loads((tmp_path / "results.json").read_text())
+    methods, layers = results["methods"], results["layers"]
+    assert len(methods) == 12 and "Exact" not in methods
+    assert layers == ["layer 1", "layer 2", "layer 3"]
+    errors = np.asarray(results["errors"])
+    assert errors.shape == (2, 3, len(methods), len(layers))
+    assert np.all(errors >= 0)
+    summary = {row["method"]: row for row in results["summary"]}
+    assert summary["HesScale"]["normalised_per_seed"] == [1.0, 1.0]
+    # cross-entropy: HesScale, HesScaleGN and the exact GGN are exact in the output layer
+    for method in ("HesScale", "HesScaleGN", "GGN"):
+        assert errors[:, :, methods.index(method), -1].max() < 1e-12
+    # ... and the zero estimate is not
+    assert errors[:, :, methods.index("Zero"), -1].min() > 1e-6
+    with (tmp_path / "errors.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == errors.size
+    first = rows[0]
+    s, step = int(first["seed"]), int(first["step"])
+    j, k = methods.index(first["method"]), layers.index(first["layer"])
+    assert float(first["l1"]) == errors[s, step, j, k]
+    with (tmp_path / "summary.csv").open() as f:
+        assert {row["method"] for row in csv.DictReader(f)} == set(methods)
+    for figure in ("normalised_error.png", "error_by_layer.png"):
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mse_relu_float32_subset_runs(tmp_path):
+    args = ["--loss", "mse", "--activation", "relu", "--dtype", "float32"]
+    assert run_cli(tmp_path, *args, "--methods", "HesScale,BL89,Zero") == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["methods"] == ["HesScale", "BL89", "Zero"]
+    summary = {row["method"]: row for row in results["summary"]}
+    # without a softmax, BL89 is HesScale's recursion
+    assert summary["BL89"]["normalised_per_seed"] == pytest.approx([1.0, 1.0], rel=1e-5)
+
+
+def test_exact_reference_has_zero_error_and_zero_estimate_has_the_diagonal_norm():
+    config = StudyConfig(seeds=1, steps=2, width=5, depth=1)
+    data = load_dataset("digits")
+    errors = run_seed(0, config, data, [exact_hessian(), Zero(), hesscale_estimator()])
+    assert errors.shape == (2, 3, 2)
+    assert np.all(errors[:, 0] == 0)
+    assert np.all(errors[:, 1] > errors[:, 2])  # HesScale beats zero on every layer here
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--methods", "BL89,Zero"], "must include HesScale"),
+        (["--methods", "HesScale,Magic"], "unknown method"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--data", "mnist", "--data-dir", "/nonexistent/place"], "--download"),
+    ],
+)
+def test_bad_options_fail_with_a_clear_message(tmp_path, capsys, extra, message):
+    assert run_cli(tmp_path, *extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_digits_and_the_example_stream():
+    x, y, classes = load_dataset("digits")
+    assert x.shape == (1797, 64) and classes == 10
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
+    steps = list(example_stream(x[:5], y[:5], 12, torch.Generator().manual_seed(0)))
+    assert len(steps) == 12 and all(xi.shape == (1, 64) for xi, _ in steps)
+    first_pass = sorted(int(yi) for _, yi in steps[:5])
+    assert first_pass == sorted(y[:5].tolist())  # every example once per pass
+
+
+def test_verdict_requires_a_win_in_every_seed():
+    rows = [
+        {"method": "HesScale", "normalised_per_seed": [1.0, 1.0]},
+        {"method": "BL89", "normalised_per_seed": [3.0, 0.9]},
+        {"method": "KFAC-1", "normalised_per_seed": [5.0, 4.0]},
+    ]
+    beats_all, lines = verdict(rows)
+    assert not beats_all and any("1/2 seeds" in line for line in lines)
+    rows[1]["normalised_per_seed"] = [3.0, 1.1]
+    assert verdict(rows)[0]
