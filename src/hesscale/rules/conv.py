@@ -1,0 +1,134 @@
+"""Convolutions and transposed convolutions of any dimension (``torch.nn.ConvNd``,
+``torch.nn.ConvTransposeNd``, N = 1, 2, 3): z = conv(x, W) + b.
+
+Why squaring is exact. A convolution is bilinear in (x, W), so every second derivative
+d^2 z_k / dx^2 and d^2 z_k / dW^2 is zero and only the Gauss-Newton part diag(J^T diag(h_z) J)
+remains, in HesScale and HesScaleGN alike. An output entry z[o, p] and an input entry x[c, q]
+are linked by at most one weight: for a convolution z[o, p] sums x[c, s p + d k - pad] W[o, c, k],
+for a transposed one z[o, p] sums x[c, q] W[c, o, k] over s q + d k - pad = p, and in both
+cases (p, q) fixes the kernel offset k (d k = p + pad - s q, or the same with p and q swapped).
+Hence the Jacobian entry is dz[o, p] / dx[c, q] = W[o, c, k] (or 0), its square is W[o, c, k]^2,
+and
+
+    h_x = sum_{o, p} h_z[o, p] (dz[o, p] / dx)^2 = (backward-data of the convolution)(h_z, W^2),
+
+i.e. the same operation that turns the gradient g_z into g_x, applied to h_z with squared
+weights. Likewise z[o, p] depends on the weight W[o, c, k] only through its single term
+x[c, s p + d k - pad] W[o, c, k], so dz[o, p] / dW[o, c, k] = that input entry, and
+
+    h_W = (backward-weight of the convolution)(h_z, x^2),
+
+summed over the batch like the weight gradient. Each output depends on one bias entry with
+derivative 1: h_b[o] = sum of h_z[:, o, ...] over batch and space.
+
+Both use ATen's ``convolution_backward`` (cuDNN / MKLDNN kernels where available): no unfolding,
+no loops over samples, one generic implementation for all dimensions and for transposed
+convolutions. Zero padding that is larger after than before (``padding='same'`` with an even
+effective kernel) is handled by padding the input with the excess zeros explicitly, as torch does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """How a convolution maps its input to its output, one entry per spatial dimension.
+
+    ``padding`` holds the zeros added (before, after) each spatial dimension of the input of a
+    convolution; for a transposed convolution the two must be equal (torch's ``padding``).
+    ``output_padding`` only applies to transposed convolutions.
+    """
+
+    stride: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    dilation: tuple[int, ...]
+    groups: int = 1
+    transposed: bool = False
+    output_padding: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.stride)
+        if len(self.padding) != n or len(self.dilation) != n:
+            raise ValueError(f"stride, padding and dilation need one entry per dimension: {self}")
+        if self.transposed and any(before != after for before, after in self.padding):
+            raise ValueError(f"A transposed convolution pads symmetrically: {self}")
+        if self.output_padding is not None and len(self.output_padding) != n:
+            raise ValueError(f"output_padding needs one entry per dimension: {self}")
+
+
+def same_padding(
+    kernel_size: tuple[int, ...], dilation: tuple[int, ...]
+) -> tuple[tuple[int, int], ...]:
+    """torch's ``padding='same'`` (stride 1): d (k - 1) zeros in total, the odd one after."""
+    total = [d * (k - 1) for k, d in zip(kernel_size, dilation, strict=True)]
+    return tuple((t // 2, t - t // 2) for t in total)
+
+
+def _batched(h_out: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """Add a batch dimension to unbatched (C, *spatial) inputs."""
+    if x.dim() == weight.dim():
+        return h_out, x, True
+    return h_out.unsqueeze(0), x.unsqueeze(0), False
+
+
+def _split_padding(geometry: ConvGeometry) -> tuple[list[int], list[tuple[int, int]]]:
+    """Symmetric padding the convolution op applies, and the excess (before, after) per dim."""
+    symmetric = [min(pair) for pair in geometry.padding]
+    excess = [(b - s, a - s) for (b, a), s in zip(geometry.padding, symmetric, strict=True)]
+    return symmetric, excess
+
+
+def _convolution_backward(
+    h_out: Tensor, x: Tensor, weight: Tensor, geometry: ConvGeometry, which: int
+) -> Tensor:
+    n = len(geometry.stride)
+    symmetric, _ = _split_padding(geometry)
+    output_padding = geometry.output_padding or (0,) * n
+    mask = [which == 0, which == 1, False]
+    result = torch.ops.aten.convolution_backward(
+        h_out, x, weight, None, list(geometry.stride), symmetric, list(geometry.dilation),
+        geometry.transposed, list(output_padding), geometry.groups, mask,
+    )  # fmt: skip
+    return result[which]
+
+
+def conv_input(h_out: Tensor, x: Tensor, weight: Tensor, geometry: ConvGeometry) -> Tensor:
+    """h_x = conv-backward-data(h_z, W^2): the gradient map applied to h_z with squared weights.
+
+    ``x`` (the forward input) supplies only the shape and memory layout; batched
+    (N, C, *spatial) or unbatched (C, *spatial).
+    """
+    h_out, x, batched = _batched(h_out, x, weight)
+    _, excess = _split_padding(geometry)
+    if any(before or after for before, after in excess):
+        padded = [s + b + a for s, (b, a) in zip(x.shape[2:], excess, strict=True)]
+        x = h_out.new_empty(1).expand(*x.shape[:2], *padded)
+    h_in = _convolution_backward(h_out, x, weight.square(), geometry, which=0)
+    for dim, (before, after) in enumerate(excess, start=2):
+        h_in = h_in.narrow(dim, before, h_in.shape[dim] - before - after)
+    return h_in if batched else h_in.squeeze(0)
+
+
+def conv_weight(h_out: Tensor, x: Tensor, weight: Tensor, geometry: ConvGeometry) -> Tensor:
+    """h_W = conv-backward-weight(h_z, x^2), summed over the batch.
+
+    ``weight`` supplies only the shape; ``x`` is the forward input, batched or unbatched.
+    """
+    h_out, x, _ = _batched(h_out, x, weight)
+    _, excess = _split_padding(geometry)
+    x_squared = x.square()
+    if any(before or after for before, after in excess):
+        x_squared = F.pad(x_squared, [v for pair in reversed(excess) for v in pair])
+    return _convolution_backward(h_out, x_squared, weight, geometry, which=1)
+
+
+def conv_bias(h_out: Tensor, spatial_dims: int) -> Tensor:
+    """h_b[o] = sum of h_z over batch (if any) and the ``spatial_dims`` trailing dimensions."""
+    channel_dim = h_out.dim() - spatial_dims - 1
+    return h_out.sum([d for d in range(h_out.dim()) if d != channel_dim])
