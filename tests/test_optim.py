@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import pickle
 
 import pytest
 import torch
@@ -566,3 +567,25 @@ def test_deepcopy_and_repr():
     clone = copy.deepcopy(opt)
     assert clone.param_groups[0]["lr"] == 0.3
     assert "preconditioner" in repr(opt)
+
+
+def test_pickled_optimizer_keeps_its_extension_and_continues_alike():
+    params0, grads, hs = random_problem(steps=2)
+    _, opt = run_with_given_diagonals(AdaHesScale, params0, grads[:1], hs[:1])
+    clone = pickle.loads(pickle.dumps(opt))
+    assert type(clone.method).__name__ == "HesScale"
+    for o in (opt, clone):
+        for p, g, h in zip(o.param_groups[0]["params"], grads[1], hs[1], strict=True):
+            p.grad, p.hesscale = g.clone(), h.clone()
+        o.step()
+    for a, b in zip(opt.param_groups[0]["params"], clone.param_groups[0]["params"], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_sparse_gradients_are_refused():
+    p = nn.Parameter(torch.zeros(3, dtype=DTYPE))
+    opt = AdaHesScale([p])
+    p.grad = torch.zeros(3, dtype=DTYPE).to_sparse()
+    p.hesscale = torch.ones(3, dtype=DTYPE)
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        opt.step()

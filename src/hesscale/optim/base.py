@@ -53,6 +53,13 @@ class DiagonalAdam(torch.optim.Optimizer):
         self._used: dict[int, weakref.ref] = {}
         super().__init__(params, defaults)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "method": self.method}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._used = {}
+
     # validation ---------------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -73,6 +80,8 @@ class DiagonalAdam(torch.optim.Optimizer):
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
         if not params:
             return loss
+        if any(p.grad.is_sparse for p in params):
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients.")
         diagonals = dict(zip(map(id, params), self._diagonals(params), strict=True))
         if not self._all_finite(params, diagonals):
             return loss
