@@ -46,7 +46,7 @@ class StudyConfig:
     data_dir: str = "data"
     download: bool = False
     seeds: int = 5
-    steps: int = 150
+    steps: int = 200
     width: int = 32
     depth: int = 3
     activation: str = "tanh"
@@ -222,6 +222,7 @@ def plot(rows: list[dict], layer_names: list[str], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
     rows = sorted(rows, key=lambda r: r["normalised_mean"])
     names = [r["method"] for r in rows]
@@ -244,16 +245,26 @@ def plot(rows: list[dict], layer_names: list[str], out: Path) -> list[Path]:
     fig.savefig(first, dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows) + 2), 4.2))
-    width = 0.8 / len(layer_names)
-    for k, layer in enumerate(layer_names):
-        values = [max(r["l1_by_layer"][layer], 1e-300) for r in rows]
-        ax.bar(positions + (k - (len(layer_names) - 1) / 2) * width, values, width, label=layer)
-    ax.set_yscale("log")
-    ax.set_xticks(positions, names, rotation=45, ha="right")
-    ax.set_ylabel("mean L1 error per step (log)")
+    # methods x layers heat map, log colour scale, each cell labelled with its mean L1 error
+    table = np.array([[r["l1_by_layer"][layer] for layer in layer_names] for r in rows])
+    positive = table[table > 1e-12 * table.max()] if table.max() > 0 else np.ones(1)
+    floor = positive.min()
+    fig, ax = plt.subplots(figsize=(1.3 * len(layer_names) + 3, 0.38 * len(rows) + 1.6))
+    image = ax.imshow(
+        np.maximum(table, floor),
+        cmap="viridis",
+        norm=LogNorm(vmin=floor, vmax=max(positive.max(), floor * 10)),
+        aspect="auto",
+    )
+    for (i, k), value in np.ndenumerate(table):
+        text = "0" if value < floor else f"{value:.2g}"
+        light = image.norm(max(value, floor)) > 0.6
+        colour = "black" if light else "white"
+        ax.text(k, i, text, ha="center", va="center", fontsize="small", color=colour)
+    ax.set_xticks(range(len(layer_names)), layer_names)
+    ax.set_yticks(range(len(rows)), names)
+    fig.colorbar(image, ax=ax, label="mean L1 error per step")
     ax.set_title("Distance to the exact Hessian diagonal, by layer")
-    ax.legend(fontsize="small")
     fig.tight_layout()
     second = out / "error_by_layer.png"
     fig.savefig(second, dpi=120)
