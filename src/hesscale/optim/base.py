@@ -91,8 +91,8 @@ class DiagonalAdam(torch.optim.Optimizer):
 
     def _update_group(self, group: dict[str, Any], diagonals: dict[int, Tensor]) -> None:
         beta1, beta2 = group["betas"]
-        lr, wd = group["lr"], group["weight_decay"]
-        params, us, k_hats = [], [], []
+        lr, wd, delta = group["lr"], group["weight_decay"], group["delta"]
+        pending = []  # (p, u, k_hat), kept only while the trust region needs the whole step
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -108,18 +108,17 @@ class DiagonalAdam(torch.optim.Optimizer):
                 preconditioner=group["preconditioner"],
                 power=group["hessian_power"],
             )
-            params.append(p)
-            us.append(u)
-            k_hats.append(k_hat)
-        if not params:
-            return
-        if group["delta"] is not None:
-            scale = update.trust_region_scale(us, k_hats, group["delta"], group["max_scale"])
-            us = [u * scale for u in us]
-        for p, u in zip(params, us, strict=True):
             if wd != 0:
                 p.mul_(1 - lr * wd)
-            p.sub_(u)
+            if delta is None:
+                p.sub_(u)
+            else:
+                pending.append((p, u, k_hat))
+        if pending:
+            _, us, k_hats = zip(*pending, strict=True)
+            scale = update.trust_region_scale(list(us), list(k_hats), delta, group["max_scale"])
+            for p, u, _ in pending:
+                p.sub_(u * scale)
 
     def _all_finite(self, params: list[Tensor], diagonals: dict[int, Tensor]) -> bool:
         """True if every gradient and diagonal is finite; else raise or warn and skip."""
