@@ -19,6 +19,17 @@ from tests.oracle import definition_diag, hesscale_by_definition, parameter_fn
 DTYPE = torch.float64
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel:UserWarning")
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The oracles run thousands of tiny ops; on a shared 2-core machine intra-op threads only
+    spin (measured: 344 s wall for this file with the default threads vs 16 s with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # (module type, kernel size, input spatial size): even and odd kernels, tiny inputs
 SHAPES = {
     nn.Conv1d: (3, (6,)),
