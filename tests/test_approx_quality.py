@@ -97,11 +97,13 @@ def test_digits_and_the_example_stream():
 
 def test_verdict_requires_a_win_in_every_seed():
     rows = [
-        {"method": "HesScale", "normalised_per_seed": [1.0, 1.0]},
-        {"method": "BL89", "normalised_per_seed": [3.0, 0.9]},
-        {"method": "KFAC-1", "normalised_per_seed": [5.0, 4.0]},
+        {"method": "HesScale", "one_backprop": True, "normalised_per_seed": [1.0, 1.0]},
+        {"method": "BL89", "one_backprop": True, "normalised_per_seed": [3.0, 0.9]},
+        {"method": "KFAC-1", "one_backprop": True, "normalised_per_seed": [5.0, 4.0]},
+        {"method": "GGN", "one_backprop": False, "normalised_per_seed": [0.5, 0.5]},
     ]
     beats_all, lines = verdict(rows)
     assert not beats_all and any("1/2 seeds" in line for line in lines)
+    assert len(lines) == 2  # only the rivals that cost about one backprop
     rows[1]["normalised_per_seed"] = [3.0, 1.1]
     assert verdict(rows)[0]
