@@ -1,0 +1,356 @@
+"""``hesscale run``: one training run (task x network x learner x seed) -> one JSON log.
+
+Loss and accuracy are measured online (each batch before the update on it) and averaged over
+bins of ``--bin-size`` steps. A NaN or infinite loss ends the run with status ``diverged``;
+SIGUSR1/SIGTERM (a scheduler's warning) end it with status ``preempted`` and exit code 3, so a
+job script can requeue it; an exception leaves status ``failed`` with its traceback. A run
+whose log is already complete is skipped unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import math
+import platform
+import signal
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+EXIT_PREEMPTED = 3
+EXIT_FAILED = 1
+
+
+@dataclass
+class RunConfig:
+    task: str
+    network: str
+    learner: str
+    lr: float
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 32
+    change_freq: int | None = None
+    bin_size: int = 100
+    hidden: list[int] | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)  # besides lr
+    data_dir: str | None = None
+    download: bool = False
+    device: str = "auto"
+
+    def all_hyperparameters(self) -> dict[str, Any]:
+        return {"lr": self.lr, **self.hyperparameters}
+
+
+class StopFlag:
+    """Set by a signal handler; the training loop stops cleanly at the next step."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def install(self, signals=(signal.SIGUSR1, signal.SIGTERM)) -> dict:
+        """Handle ``signals`` from now on; returns the previous handlers (for ``restore``)."""
+        return {sig: signal.signal(sig, self._handle) for sig in signals}
+
+    @staticmethod
+    def restore(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.reason = signal.Signals(signum).name
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train(
+    config: RunConfig, *, progress: bool = True, stop: StopFlag | None = None
+) -> dict[str, Any]:
+    """Run ``config``; return its log (status finished, diverged or preempted).
+
+    On KeyboardInterrupt the partial log (status ``interrupted``) is attached to the exception
+    as ``error.partial_log`` before it propagates.
+    """
+    import torch
+    from torch import nn
+    from tqdm import tqdm
+
+    import hesscale
+    from hesscale.experiments.learners import Learner
+    from hesscale.experiments.networks import build_network
+    from hesscale.experiments.tasks import Task
+
+    if config.steps < 1 or config.bin_size < 1:
+        raise ValueError(f"steps and bin_size must be >= 1, got {config.steps}, {config.bin_size}.")
+    stop = stop or StopFlag()
+    device = _resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    task = Task(
+        config.task,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        change_freq=config.change_freq,
+        data_dir=config.data_dir,
+        download=config.download,
+    )
+    model = build_network(config.network, task.input_shape, task.n_outputs, config.hidden)
+    model = model.to(device)
+    learner = Learner(config.learner, model.parameters(), **config.all_hyperparameters())
+    loss_fn = nn.CrossEntropyLoss()
+    if learner.uses_backpack:
+        from backpack import extend
+
+        model, loss_fn = extend(model), extend(loss_fn)
+    model.train()
+
+    log: dict[str, Any] = {
+        "format": 1,
+        "status": "running",
+        "task": task.describe(),
+        "network": config.network,
+        "learner": config.learner,
+        "hyperparameters": config.all_hyperparameters(),
+        "seed": config.seed,
+        "steps": config.steps,
+        "steps_done": 0,
+        "bin_size": config.bin_size,
+        "bin_ends": [],
+        "loss": [],
+        "accuracy": [],
+        "config": asdict(config),
+        "version": hesscale.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": str(device),
+        "started_at": _now(),
+    }
+    start = time.perf_counter()
+    loss_sum = correct = seen = n_in_bin = 0
+    bar = tqdm(
+        total=config.steps,
+        disable=not progress,
+        desc=f"{config.learner} lr={config.lr:g} seed={config.seed}",
+        mininterval=0.5,
+        leave=False,
+    )
+
+    def close_bin(step_end: int) -> None:
+        nonlocal loss_sum, correct, seen, n_in_bin
+        log["bin_ends"].append(step_end)
+        log["loss"].append(loss_sum / n_in_bin)
+        log["accuracy"].append(correct / seen)
+        bar.set_postfix(loss=f"{log['loss'][-1]:.4f}", acc=f"{log['accuracy'][-1]:.3f}")
+        loss_sum = correct = seen = n_in_bin = 0
+
+    status = "finished"
+    try:
+        for step in range(config.steps):
+            if stop.reason is not None:
+                status = "preempted"
+                log["stopped_by"] = stop.reason
+                break
+            x, y = task.next_batch()
+            x, y = x.to(device), y.to(device)
+            output = model(x)
+            loss = loss_fn(output, y)
+            value = loss.item()
+            if not math.isfinite(value):
+                status = "diverged"
+                log.update(diverged_at_step=step, diverged_reason=f"loss {value}")
+                break
+            loss_sum += value
+            correct += (output.argmax(dim=1) == y).sum().item()
+            seen += len(y)
+            n_in_bin += 1
+            try:
+                learner.step(loss)
+            except FloatingPointError as error:  # e.g. hesscale.optim.NonFiniteError
+                status = "diverged"
+                log.update(diverged_at_step=step, diverged_reason=str(error))
+                break
+            log["steps_done"] = step + 1
+            bar.update()
+            if n_in_bin == config.bin_size:
+                close_bin(step + 1)
+        if n_in_bin:
+            close_bin(log["steps_done"])
+    except KeyboardInterrupt as error:
+        log.update(status="interrupted", wall_time_s=time.perf_counter() - start)
+        error.partial_log = log  # type: ignore[attr-defined]
+        raise
+    finally:
+        bar.close()
+    log.update(status=status, wall_time_s=time.perf_counter() - start, finished_at=_now())
+    return log
+
+
+def default_out(config: RunConfig) -> Path:
+    from hesscale.experiments.logs import run_path
+
+    root = Path("runs") / config.task / config.network
+    return run_path(root, config.learner, config.all_hyperparameters(), config.seed)
+
+
+def run_and_log(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    stop: StopFlag | None = None,
+    force: bool = False,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """Train unless ``out`` already holds a complete log; always leave a log at ``out``.
+
+    Returns the log, with ``"skipped": True`` when nothing was run.
+    """
+    from hesscale.experiments.logs import COMPLETE, read_log, write_json_atomic
+
+    existing = read_log(out)
+    if not force and existing is not None and existing.get("status") in COMPLETE:
+        return {**existing, "skipped": True}
+    try:
+        log = train(config, progress=progress, stop=stop)
+    except KeyboardInterrupt as error:
+        partial = getattr(error, "partial_log", None)
+        if partial is not None:
+            write_json_atomic(out, {**partial, "command": command})
+        raise
+    except Exception as error:
+        log = {
+            "format": 1,
+            "status": "failed",
+            "learner": config.learner,
+            "seed": config.seed,
+            "hyperparameters": config.all_hyperparameters(),
+            "config": asdict(config),
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc(),
+            "finished_at": _now(),
+        }
+    log["command"] = command
+    write_json_atomic(out, log)
+    return log
+
+
+# command line ---------------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    key, value = text.split("=", 1)
+    return key.strip(), _parse_value(value.strip())
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 64,32, got '{text}'") from None
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from hesscale.experiments.learners import LEARNERS
+    from hesscale.experiments.networks import NETWORKS
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = __doc__.split("\n", 1)[1]
+    parser.add_argument("--task", required=True, help="e.g. digits, mnist-input-permuted")
+    parser.add_argument("--network", required=True, help=", ".join(NETWORKS))
+    parser.add_argument("--learner", required=True, choices=list(LEARNERS))
+    parser.add_argument("--lr", required=True, type=float, help="step size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--change-freq", type=int, default=None, help="steps per permutation")
+    parser.add_argument("--bin-size", type=int, default=100, help="steps averaged per log point")
+    parser.add_argument("--hidden", type=_int_list, default=None, help="fc hidden sizes: 64,32")
+    parser.add_argument(
+        "--opt",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another optimizer hyperparameter, e.g. --opt beta2=0.99 (repeatable)",
+    )
+    parser.add_argument("--out", default=None, help="log path (default: runs/TASK/NETWORK/...)")
+    parser.add_argument("--data-dir", default=None, help="dataset folder ($HESSCALE_DATA_DIR)")
+    parser.add_argument("--download", action="store_true", help="download a missing dataset")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--force", action="store_true", help="rerun even if the log is complete")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        task=args.task,
+        network=args.network,
+        learner=args.learner,
+        lr=args.lr,
+        seed=args.seed,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        change_freq=args.change_freq,
+        bin_size=args.bin_size,
+        hidden=args.hidden,
+        hyperparameters=dict(args.opt),
+        data_dir=args.data_dir,
+        download=args.download,
+        device=args.device,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = config_from_args(args)
+    out = Path(args.out) if args.out else default_out(config)
+    stop = StopFlag()
+    previous = stop.install()
+    command = ["hesscale", "run", *sys.argv[2:]] if sys.argv[1:2] == ["run"] else None
+    try:
+        log = run_and_log(
+            config, out, progress=not args.no_progress, stop=stop, force=args.force, command=command
+        )
+    finally:
+        stop.restore(previous)
+    status = log["status"]
+    if log.get("skipped"):
+        print(f"{out}: already {status}, skipped (use --force to run again)")
+        return 0
+    if status == "failed":
+        if not log["error"].startswith(("DatasetNotFoundError", "ValueError")):
+            print(log["traceback"], file=sys.stderr)  # a bug, not a bad setting: show where
+        print(f"hesscale run: {log['error']} (log: {out})", file=sys.stderr)
+        return EXIT_FAILED
+    summary = f"{out}: {status} after {log['steps_done']} steps in {log['wall_time_s']:.1f} s"
+    if log["loss"]:
+        summary += f", last loss {log['loss'][-1]:.4f}, accuracy {log['accuracy'][-1]:.3f}"
+    print(summary)
+    return EXIT_PREEMPTED if status == "preempted" else 0

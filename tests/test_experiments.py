@@ -1,0 +1,337 @@
+"""Experiments: tasks, networks, learners, runs, sweeps (local and SLURM) and plots, on digits."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hesscale import cli
+from hesscale.experiments import sweep as sweep_module
+from hesscale.experiments.learners import Learner
+from hesscale.experiments.logs import read_log
+from hesscale.experiments.networks import NETWORKS, build_network
+from hesscale.experiments.tasks import DatasetNotFoundError, Task
+
+PYTHON_CLI = f"{sys.executable} -m hesscale.cli"
+
+TINY_SPEC = """
+name = "tiny"
+task = "digits"
+network = "fc_relu_small"
+hidden = [16]
+steps = {steps}
+batch_size = 8
+bin_size = 20
+seeds = 2
+
+[learners.sgd]
+lr = [0.05, 0.2]
+
+[learners.adam]
+lr = [0.003, 0.01]
+beta2 = 0.99
+"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks run fastest on one thread (and a busy machine punishes more)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_cli(*argv: str) -> int:
+    return cli.main(list(argv))
+
+
+# tasks ----------------------------------------------------------------------------------------
+
+
+def test_stationary_digits_stream_visits_every_sample_once_per_epoch():
+    task = Task("digits", batch_size=1797, seed=3)
+    x, y = task.next_batch()
+    assert x.shape == (1797, 1, 8, 8) and y.shape == (1797,)
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert torch.equal(torch.sort(y).values, torch.sort(task.dataset.targets).values)
+
+
+def test_input_permuted_stream_permutes_features_and_changes_every_change_freq_steps():
+    task = Task("digits-input-permuted", batch_size=1797, seed=0, change_freq=2)
+    original = task.dataset.inputs(torch.arange(1797)).flatten(1).sum(0)
+    sums = [task.next_batch()[0].flatten(1).sum(0) for _ in range(3)]
+    for s in sums:  # each batch is the whole data set with its pixels permuted
+        assert torch.allclose(torch.sort(s).values, torch.sort(original).values)
+    assert torch.allclose(sums[0], sums[1])  # same permutation within change_freq steps
+    assert not torch.allclose(sums[1], sums[2])  # a new one after
+
+
+def test_label_permuted_stream_maps_labels_by_a_permutation_that_changes():
+    task = Task("digits-label-permuted", batch_size=1797, seed=0, change_freq=2)
+    pairs = zip(task.dataset.raw.flatten(1), task.dataset.targets, strict=True)
+    true = {tuple(row.tolist()): int(t) for row, t in pairs}
+    maps = []
+    for _ in range(3):
+        x, y = task.next_batch()
+        counts = torch.zeros(10, 10)  # true label x shown label
+        for row, label in zip((x * 16).round().to(torch.uint8).flatten(1), y, strict=True):
+            counts[true[tuple(row.tolist())], label] += 1
+        # (a few duplicate images carry two labels, hence "nearly all")
+        assert (counts.max(1).values / counts.sum(1) > 0.98).all()
+        maps.append(counts.argmax(1).tolist())
+    assert sorted(maps[0]) == list(range(10))
+    assert maps[0] == maps[1] and maps[1] != maps[2]
+
+
+def test_missing_dataset_says_where_to_put_it(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as error:
+        Task("mnist-input-permuted", data_dir=str(tmp_path))
+    message = str(error.value)
+    assert str(tmp_path / "MNIST" / "raw") in message and "--download" in message
+
+
+def test_missing_dataset_on_the_command_line_is_a_clear_error_and_a_failed_log(tmp_path, capsys):
+    out = tmp_path / "log.json"
+    code = run_cli(
+        "run", "--task", "cifar10", "--network", "small_cnn", "--learner", "sgd", "--lr", "0.1",
+        "--data-dir", str(tmp_path), "--out", str(out), "--no-progress",
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "cifar-10-batches-py" in err and "--download" in err and "Traceback" not in err
+    log = read_log(out)
+    assert log["status"] == "failed" and "DatasetNotFoundError" in log["traceback"]
+
+
+def test_unknown_task_lists_known_tasks():
+    with pytest.raises(ValueError, match="digits-label-permuted"):
+        Task("digits-shuffled")
+
+
+# networks and learners ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_every_network_maps_task_inputs_to_outputs(name):
+    shape = (3, 32, 32) if name.startswith("cifar") else (1, 28, 28)
+    net = build_network(name, shape, 7)
+    assert net(torch.zeros(2, *shape)).shape == (2, 7)
+
+
+def test_network_sizes():
+    def widths(net):
+        return [m.out_features for m in net if isinstance(m, torch.nn.Linear)]
+
+    assert widths(build_network("fc_tanh", (1, 28, 28), 10)) == [300, 150, 10]
+    assert widths(build_network("fc_leakyrelu_small", (1, 8, 8), 10)) == [64, 32, 10]
+    assert widths(build_network("fc_relu", (1, 8, 8), 4, hidden=[5, 6, 7])) == [5, 6, 7, 4]
+    # DeepOBS parameter counts (10 classes for the CIFAR-10 net, 100 for All-CNN-C)
+    count = {
+        name: sum(p.numel() for p in build_network(name, shape, n).parameters())
+        for name, shape, n in [
+            ("mnist_2c2d", (1, 28, 28), 10),
+            ("cifar10_3c3d", (3, 32, 32), 10),
+            ("cifar100_allcnnc", (3, 32, 32), 100),
+        ]
+    }
+    assert count == {"mnist_2c2d": 3274634, "cifar10_3c3d": 895210, "cifar100_allcnnc": 1387108}
+    with pytest.raises(ValueError, match="small_cnn"):
+        build_network("resnet", (1, 8, 8), 10)
+
+
+def test_learner_options_and_errors():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    adam = Learner("adam", params, lr=0.1, beta2=0.9)
+    assert adam.optimizer.param_groups[0]["betas"] == (0.9, 0.9) and not adam.uses_backpack
+    with pytest.raises(ValueError, match="accepts: lr"):
+        Learner("sgd", params, lr=0.1, beta2=0.9)
+    with pytest.raises(ValueError, match="Known learners"):
+        Learner("lbfgs", params, lr=0.1)
+
+
+# runs -----------------------------------------------------------------------------------------
+
+
+def test_run_writes_a_binned_json_log_and_skips_a_finished_run(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    argv = ["run", "--task", "digits-label-permuted", "--network", "fc_tanh_small", "--hidden"]
+    argv += ["16", "--learner", "adam", "--lr", "0.01", "--opt", "eps=1e-6", "--seed", "1"]
+    argv += ["--steps", "25", "--bin-size", "10", "--change-freq", "10", "--out", str(out)]
+    assert run_cli(*argv, "--no-progress") == 0
+    log = json.loads(out.read_text())
+    assert log["status"] == "finished" and log["steps_done"] == 25
+    assert log["bin_ends"] == [10, 20, 25] and len(log["loss"]) == len(log["accuracy"]) == 3
+    assert all(0 < v < 10 for v in log["loss"]) and all(0 <= a <= 1 for a in log["accuracy"])
+    assert log["hyperparameters"] == {"lr": 0.01, "eps": 1e-6}
+    assert log["task"]["change_freq"] == 10 and log["learner"] == "adam" and log["seed"] == 1
+    assert log["version"] and log["wall_time_s"] > 0
+    stamp = out.stat().st_mtime_ns
+    assert run_cli(*argv, "--no-progress") == 0
+    assert "skipped" in capsys.readouterr().out and out.stat().st_mtime_ns == stamp
+
+
+def test_nan_loss_is_logged_as_divergence_not_a_crash(tmp_path):
+    out = tmp_path / "run.json"
+    argv = ["run", "--task", "digits", "--network", "fc_relu_small", "--learner", "sgd"]
+    argv += ["--lr", "1e30", "--steps", "50", "--bin-size", "5", "--out", str(out)]
+    assert run_cli(*argv, "--no-progress") == 0
+    log = json.loads(out.read_text())  # strict JSON: no NaN literals
+    assert log["status"] == "diverged" and 0 < log["diverged_at_step"] < 50
+    assert log["steps_done"] == log["diverged_at_step"]
+    assert all(v is None or math.isfinite(v) for v in log["loss"])
+
+
+# sweeps and plots -----------------------------------------------------------------------------
+
+
+def _complete_logs(root: Path) -> dict[Path, tuple[int, str]]:
+    found = {}
+    for path in root.rglob("seed_*.json"):
+        log = read_log(path)
+        if log and log["status"] in ("finished", "diverged"):
+            found[path] = (path.stat().st_mtime_ns, path.read_text())
+    return found
+
+
+def test_sweep_is_interrupted_resumed_without_redoing_or_losing_runs_and_plotted(tmp_path, capsys):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY_SPEC.format(steps=60))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "hesscale.cli", "sweep", str(spec), "--out-dir", str(out)]
+    process = subprocess.Popen(
+        [*command, "--jobs", "1", "--no-progress"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while not _complete_logs(out) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    before = _complete_logs(out)
+    assert 1 <= len(before) < 8, output
+    statuses = {read_log(p)["status"] for p in out.rglob("seed_*.json")}
+    assert statuses <= {"finished", "interrupted"}
+    assert not list(out.rglob("*.tmp")), "a half-written log was left behind"
+
+    capsys.readouterr()
+    assert run_cli(*command[3:], "--jobs", "2", "--no-progress") == 0  # a process pool
+    resumed = capsys.readouterr().out
+    assert f"{len(before)} complete, skipped; running {8 - len(before)}" in resumed
+    after = _complete_logs(out)
+    assert len(after) == 8
+    for path, stamp in before.items():
+        assert after[path] == stamp, f"{path} was run again"
+
+    assert run_cli("plot", str(out)) == 0
+    pngs = sorted((out / "plots").glob("*.png"))
+    assert [p.name.split("_")[0] for p in pngs] == ["curves", "sensitivity"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
+    summary = (out / "plots" / "summary.md").read_text()
+    assert "| sgd |" in summary and "| adam |" in summary
+
+
+def _write_sweep(tmp_path: Path, steps: int, *extra: str) -> Path:
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY_SPEC.format(steps=steps))
+    out = tmp_path / "out"
+    argv = ["sweep", str(spec), "--out-dir", str(out), "--command-prefix", PYTHON_CLI]
+    assert run_cli(*argv, *extra) == 0
+    return out
+
+
+def _array_task(script: Path, index: int) -> subprocess.Popen:
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": str(index), "SLURM_ARRAY_JOB_ID": "7"}
+    return subprocess.Popen(
+        ["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def test_slurm_array_script_is_valid_and_runs_the_selected_command(tmp_path):
+    extra = ["--account", "def-someone", "--time", "0:20:00", "--mem", "1G"]
+    extra += ["--env", "export HESSCALE_TEST_ENV=1", "--max-parallel", "3", "--threads", "1"]
+    out = _write_sweep(tmp_path, 20, *extra)
+    script = out / "slurm" / "adam.sh"
+    text = script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert "#SBATCH --array=0-3%3" in text and "SLURM_ARRAY_TASK_ID" in text
+    assert "#SBATCH --account=def-someone" in text and "#SBATCH --time=0:20:00" in text
+    assert "export HESSCALE_TEST_ENV=1" in text and "#SBATCH --signal=B:USR1@120" in text
+    submit = (out / "slurm" / "submit_all.sh").read_text()
+    assert "sbatch" in submit and str(script) in submit and "sgd.sh" in submit
+    lines = (out / "commands" / "adam.txt").read_text().splitlines()
+    assert len(lines) == 4 and all(line.startswith(PYTHON_CLI + " run ") for line in lines)
+
+    task = _array_task(script, 2)
+    output, _ = task.communicate(timeout=60)
+    assert task.returncode == 0, output
+    logs = list((out / "logs").rglob("seed_*.json"))
+    assert len(logs) == 1 and logs[0].as_posix().endswith("adam/lr_0.01__beta2_0.99/seed_0.json")
+    assert read_log(logs[0])["status"] == "finished"
+    assert run_cli("sweep", str(tmp_path / "tiny.toml"), "--out-dir", str(out), "--status") == 0
+
+
+def _catches_usr1(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    mask = int(
+        next(line for line in status.splitlines() if line.startswith("SigCgt")).split()[1], 16
+    )
+    return bool(mask & (1 << (signal.SIGUSR1 - 1)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_slurm_warning_signal_records_the_run_for_requeue(tmp_path, capsys):
+    out = _write_sweep(tmp_path, 10**7)
+    task = _array_task(out / "slurm" / "sgd.sh", 0)
+    deadline = time.time() + 60
+    child = None
+    while time.time() < deadline and child is None:  # wait for the run to install its handler
+        children = Path(f"/proc/{task.pid}/task/{task.pid}/children").read_text().split()
+        child = next((int(c) for c in children if _catches_usr1(int(c))), None)
+        time.sleep(0.05)
+    assert child is not None
+    task.send_signal(signal.SIGUSR1)  # what SLURM's --signal=B:USR1 does
+    output, _ = task.communicate(timeout=60)
+    assert task.returncode == 3, output
+    assert "scontrol" in output  # it tried to requeue itself (no SLURM here)
+    log = read_log(out / "logs" / "sgd" / "lr_0.05" / "seed_0.json")
+    assert log["status"] == "preempted" and log["stopped_by"] == "SIGUSR1"
+    assert log["steps_done"] < 10**7 and log["command"][:2] == ["hesscale", "run"]
+    capsys.readouterr()
+    assert run_cli("sweep", str(tmp_path / "tiny.toml"), "--out-dir", str(out), "--status") == 0
+    assert "1 preempted run(s) will run again" in capsys.readouterr().out
+
+
+def test_shipped_specs_load_and_expand():
+    specs = sweep_module.shipped_specs()
+    assert {"digits_small", "stationary_mnist", "input_permuted_mnist"} <= set(specs)
+    assert "label_permuted_emnist" in specs
+    for name, path in specs.items():
+        spec = sweep_module.load_spec(path)
+        runs = sweep_module.plan(spec, Path("/tmp/unused"))
+        assert sum(len(r) for r in runs.values()) > 0, name
+    paper = sweep_module.load_spec(specs["stationary_mnist"])
+    assert {"sgd", "adam", "adahesscale", "adahesscalegn"} <= set(paper["learners"])
+
+
+def test_bad_spec_is_a_clear_error(tmp_path, capsys):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(TINY_SPEC.format(steps=5).replace("beta2 = 0.99", "momentum = 0.9"))
+    assert run_cli("sweep", str(spec), "--out-dir", str(tmp_path / "o")) == 2
+    assert "adam" in capsys.readouterr().err
