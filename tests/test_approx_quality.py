@@ -107,3 +107,6 @@ def test_verdict_requires_a_win_in_every_seed():
     assert len(lines) == 2  # only the rivals that cost about one backprop
     rows[1]["normalised_per_seed"] = [3.0, 1.1]
     assert verdict(rows)[0]
+    rows[1]["normalised_per_seed"] = [3.0, 1.0 + 1e-13]  # a tie is not a win
+    beats_all, lines = verdict(rows)
+    assert not beats_all and any("1/2 seeds, equal in 1" in line for line in lines)
