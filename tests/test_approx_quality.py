@@ -95,6 +95,29 @@ def test_digits_and_the_example_stream():
     assert first_pass == sorted(y[:5].tolist())  # every example once per pass
 
 
+def write_idx(path, array: np.ndarray) -> None:
+    """An MNIST-format (IDX) file of unsigned bytes: magic 0x08 0x<ndim>, big-endian sizes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape
+    )
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_is_read_from_a_local_directory(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.arange(6 * 28 * 28).reshape(6, 28, 28) % 256
+    labels = np.array([3, 1, 4, 1, 5, 9])
+    for split in ("train", "t10k"):
+        write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    x, y, classes = load_dataset("mnist", tmp_path)
+    assert x.shape == (6, 784) and classes == 10 and y.tolist() == labels.tolist()
+    torch.testing.assert_close(x, torch.as_tensor(images.reshape(6, -1) / 255.0).float())
+    args = ["--data", "mnist", "--data-dir", str(tmp_path), "--methods", "HesScale,Zero"]
+    assert run_cli(tmp_path / "out", *args) == 0
+
+
 def test_verdict_requires_a_win_in_every_seed():
     rows = [
         {"method": "HesScale", "one_backprop": True, "normalised_per_seed": [1.0, 1.0]},

@@ -20,10 +20,11 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ TIE = 1e-9  # relative difference below which two errors count as equal (e.g. BL
 @dataclass(frozen=True)
 class StudyConfig:
     data: str = "digits"
-    data_dir: str = "data"
+    data_dir: str = field(default_factory=lambda: os.environ.get("HESSCALE_DATA_DIR", "data"))
     download: bool = False
     seeds: int = 5
     steps: int = 200
@@ -58,10 +59,10 @@ class StudyConfig:
     methods: tuple[str, ...] | None = None  # None: all of standard_estimators(samples)
 
     def validate(self) -> None:
-        for field in ("seeds", "steps", "width", "depth", "samples"):
-            value = getattr(self, field)
+        for name in ("seeds", "steps", "width", "depth", "samples"):
+            value = getattr(self, name)
             if value < 1:
-                raise ValueError(f"--{field} must be at least 1, got {value}")
+                raise ValueError(f"--{name} must be at least 1, got {value}")
         if self.lr < 0 or not math.isfinite(self.lr):
             raise ValueError(f"--lr must be a finite non-negative number, got {self.lr}")
         choices = {
@@ -70,10 +71,10 @@ class StudyConfig:
             "loss": LOSSES,
             "dtype": ("float32", "float64"),
         }
-        for field, allowed in choices.items():
-            if getattr(self, field) not in allowed:
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
                 raise ValueError(
-                    f"--{field} {getattr(self, field)!r} is not supported; "
+                    f"--{name} {getattr(self, name)!r} is not supported; "
                     f"choose one of {', '.join(allowed)}"
                 )
 
@@ -356,21 +357,26 @@ def run_study(config: StudyConfig, out: Path, progress: bool = True) -> dict:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     defaults = StudyConfig()
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add = parser.add_argument
-    add("--data", choices=DATASETS, default=defaults.data, help="digits is built in (default)")
-    add("--data-dir", default=defaults.data_dir, help="where MNIST is (torchvision layout)")
+    add("--data", choices=DATASETS, default=defaults.data, help="digits ships with scikit-learn")
+    add(
+        "--data-dir",
+        default=defaults.data_dir,
+        help="where MNIST is (torchvision layout; env HESSCALE_DATA_DIR)",
+    )
     add("--download", action="store_true", help="download MNIST into --data-dir if missing")
     add("--seeds", type=int, default=defaults.seeds, help="independent runs (seeds 0..N-1)")
     add("--steps", type=int, default=defaults.steps, help="examples (SGD steps) per seed")
     add("--width", type=int, default=defaults.width, help="units per hidden layer")
     add("--depth", type=int, default=defaults.depth, help="number of hidden layers")
-    add("--activation", choices=tuple(ACTIVATIONS), default=defaults.activation)
+    add("--activation", choices=tuple(ACTIVATIONS), default=defaults.activation, help="hidden")
     add("--loss", choices=LOSSES, default=defaults.loss, help="cross-entropy or MSE (one-hot)")
     add("--lr", type=float, default=defaults.lr, help="SGD step size")
     add(
         "--samples", type=int, default=defaults.samples, help="k for GGN-MC-k, KFAC-k, Hutchinson-k"
     )
-    add("--dtype", choices=("float32", "float64"), default=defaults.dtype)
+    add("--dtype", choices=("float32", "float64"), default=defaults.dtype, help="precision")
     add("--methods", default=None, help="comma-separated subset (must include HesScale)")
     add("--out", default="results/approx-quality", help="output directory")
     add("--no-progress", action="store_true", help="no progress bar")
