@@ -370,7 +370,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--steps", type=int, default=defaults.steps, help="examples (SGD steps) per seed")
     add("--width", type=int, default=defaults.width, help="units per hidden layer")
     add("--depth", type=int, default=defaults.depth, help="number of hidden layers")
-    add("--activation", choices=tuple(ACTIVATIONS), default=defaults.activation, help="hidden")
+    add(
+        "--activation",
+        choices=tuple(ACTIVATIONS),
+        default=defaults.activation,
+        help="of the hidden layers",
+    )
     add("--loss", choices=LOSSES, default=defaults.loss, help="cross-entropy or MSE (one-hot)")
     add("--lr", type=float, default=defaults.lr, help="SGD step size")
     add(
