@@ -16,9 +16,10 @@ import torch
 
 from hesscale import cli
 from hesscale.experiments import sweep as sweep_module
-from hesscale.experiments.learners import Learner
+from hesscale.experiments.learners import LEARNERS, Learner
 from hesscale.experiments.logs import read_log
 from hesscale.experiments.networks import NETWORKS, build_network
+from hesscale.experiments.run import RunConfig, train
 from hesscale.experiments.tasks import DatasetNotFoundError, Task
 
 PYTHON_CLI = f"{sys.executable} -m hesscale.cli"
@@ -40,15 +41,6 @@ lr = [0.05, 0.2]
 lr = [0.003, 0.01]
 beta2 = 0.99
 """
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread (and a busy machine punishes more)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_cli(*argv: str) -> int:
@@ -162,6 +154,18 @@ def test_learner_options_and_errors():
 # runs -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("network", ["fc_tanh_small", "small_cnn"])
+@pytest.mark.parametrize("learner", list(LEARNERS))
+def test_every_learner_trains_every_kind_of_network_in_the_one_run_loop(learner, network):
+    hidden = [8] if network.startswith("fc") else None
+    lr = {"sgd": 0.1, "adahessian": 0.05}.get(learner, 0.003)
+    config = RunConfig("digits", network, learner, lr, steps=6, batch_size=4, bin_size=3)
+    config.hidden = hidden
+    log = train(config, progress=False)
+    assert log["status"] == "finished" and log["steps_done"] == 6
+    assert all(math.isfinite(v) for v in log["loss"])
+
+
 def test_run_writes_a_binned_json_log_and_skips_a_finished_run(tmp_path, capsys):
     out = tmp_path / "run.json"
     argv = ["run", "--task", "digits-label-permuted", "--network", "fc_tanh_small", "--hidden"]
@@ -253,17 +257,26 @@ def _write_sweep(tmp_path: Path, steps: int, *extra: str) -> Path:
     return out
 
 
-def _array_task(script: Path, index: int) -> subprocess.Popen:
-    env = {**os.environ, "SLURM_ARRAY_TASK_ID": str(index), "SLURM_ARRAY_JOB_ID": "7"}
-    return subprocess.Popen(
-        ["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+def _catches_usr1(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGUSR1 - 1)))
 
 
-def test_slurm_array_script_is_valid_and_runs_the_selected_command(tmp_path):
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_slurm_array_script_runs_the_selected_task_and_requeues_it_on_the_warning_signal(
+    tmp_path, capsys
+):
     extra = ["--account", "def-someone", "--time", "0:20:00", "--mem", "1G"]
-    extra += ["--env", "export HESSCALE_TEST_ENV=1", "--max-parallel", "3", "--threads", "1"]
-    out = _write_sweep(tmp_path, 20, *extra)
+    extra += ["--env", "export HESSCALE_TEST_ENV=1", "--max-parallel", "3"]
+    out = _write_sweep(tmp_path, 10**7, *extra)
     script = out / "slurm" / "adam.sh"
     text = script.read_text()
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
@@ -275,42 +288,23 @@ def test_slurm_array_script_is_valid_and_runs_the_selected_command(tmp_path):
     lines = (out / "commands" / "adam.txt").read_text().splitlines()
     assert len(lines) == 4 and all(line.startswith(PYTHON_CLI + " run ") for line in lines)
 
-    task = _array_task(script, 2)
-    output, _ = task.communicate(timeout=60)
-    assert task.returncode == 0, output
-    logs = list((out / "logs").rglob("seed_*.json"))
-    assert len(logs) == 1 and logs[0].as_posix().endswith("adam/lr_0.01__beta2_0.99/seed_0.json")
-    assert read_log(logs[0])["status"] == "finished"
-    assert run_cli("sweep", str(tmp_path / "tiny.toml"), "--out-dir", str(out), "--status") == 0
-
-
-def _catches_usr1(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    mask = int(
-        next(line for line in status.splitlines() if line.startswith("SigCgt")).split()[1], 16
+    # array task 2 by hand; SLURM's --signal=B:USR1 warns the script, which tells the run
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_JOB_ID": "7"}
+    task = subprocess.Popen(
+        ["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    return bool(mask & (1 << (signal.SIGUSR1 - 1)))
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_slurm_warning_signal_records_the_run_for_requeue(tmp_path, capsys):
-    out = _write_sweep(tmp_path, 10**7)
-    task = _array_task(out / "slurm" / "sgd.sh", 0)
-    deadline = time.time() + 60
-    child = None
-    while time.time() < deadline and child is None:  # wait for the run to install its handler
-        children = Path(f"/proc/{task.pid}/task/{task.pid}/children").read_text().split()
-        child = next((int(c) for c in children if _catches_usr1(int(c))), None)
-        time.sleep(0.05)
-    assert child is not None
-    task.send_signal(signal.SIGUSR1)  # what SLURM's --signal=B:USR1 does
+    deadline, run = time.time() + 60, None
+    while run is None and time.time() < deadline:  # until the run handles the signal
+        run = next((c for c in _children(task.pid) if _catches_usr1(c)), None)
+        time.sleep(0.02)
+    assert run is not None
+    task.send_signal(signal.SIGUSR1)
     output, _ = task.communicate(timeout=60)
-    assert task.returncode == 3, output
-    assert "scontrol" in output  # it tried to requeue itself (no SLURM here)
-    log = read_log(out / "logs" / "sgd" / "lr_0.05" / "seed_0.json")
+    assert task.returncode == 3, output  # preempted
+    assert "scontrol" in output  # it asked SLURM to requeue it (no SLURM here)
+    logs = list((out / "logs").rglob("seed_*.json"))  # only the selected command ran
+    assert len(logs) == 1 and logs[0].as_posix().endswith("adam/lr_0.01__beta2_0.99/seed_0.json")
+    log = read_log(logs[0])
     assert log["status"] == "preempted" and log["stopped_by"] == "SIGUSR1"
     assert log["steps_done"] < 10**7 and log["command"][:2] == ["hesscale", "run"]
     capsys.readouterr()

@@ -2,14 +2,15 @@
 
 Every learner is a torch.optim-style optimizer. Those that consume curvature carry ``.method``,
 the BackPACK extension to run the backward pass under (``with backpack(opt.method)``); AdaHessian
-needs ``loss.backward(create_graph=True)``. ``Learner.backward`` hides the difference, so the run
-loop stays one loop. Optimizers are imported only when a learner is built.
+needs the gradient's graph (``create_graph=True``). ``Learner.step(loss)`` hides the
+difference, so the run loop stays one loop. Optimizers are imported only when a learner is built.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -105,12 +106,19 @@ class Learner:
         if self.method is not None:
             from backpack import backpack
 
-            with backpack(self.method):
+            with backpack(self.method), warnings.catch_warnings():
+                # BackPACK's hook on a first layer whose input needs no gradient: harmless
+                warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
                 loss.backward(create_graph=self.create_graph)
         else:
             loss.backward(create_graph=self.create_graph)
 
     def step(self, loss: Tensor) -> None:
+        if self.create_graph:
+            # the optimizer differentiates the returned loss itself, with create_graph=True;
+            # unlike loss.backward(create_graph=True) this leaves no parameter <-> graph cycle
+            self.optimizer.step(lambda: loss)
+            return
         self.optimizer.zero_grad()
         self.backward(loss)
         self.optimizer.step()
