@@ -12,14 +12,21 @@ from hesscale.rules.softmax import log_softmax_input, softmax_input
 
 
 class Elementwise(ModuleAdaptor):
-    """h_x = sigma'(x)^2 h_z + sigma''(x) g_z, with (sigma', sigma'') from ``derivatives``."""
+    """h_x = sigma'(x)^2 h_z + sigma''(x) g_z, with (sigma', sigma'') from ``derivatives``,
+    a function of the module and its input (or, with ``of_output=True``, of its output, which
+    saves recomputing the activation)."""
 
-    def __init__(self, derivatives: Callable[[nn.Module, Tensor], ew.Derivatives]) -> None:
+    def __init__(
+        self,
+        derivatives: Callable[[nn.Module, Tensor], ew.Derivatives],
+        of_output: bool = False,
+    ) -> None:
         super().__init__()
         self.derivatives = derivatives
+        self.of_output = of_output
 
     def input_diag(self, module, h_out, g_out):
-        first, second = self.derivatives(module, module.input0)
+        first, second = self.derivatives(module, module.output if self.of_output else module.input0)
         return ew.elementwise_input(h_out, g_out, first, second)
 
 
@@ -28,6 +35,11 @@ def _softmax_dim(module: nn.Module, x: Tensor) -> int:
     if module.dim is not None:
         return module.dim
     return 0 if x.dim() in (0, 1, 3) else 1
+
+
+class ReLU(ModuleAdaptor):
+    def input_diag(self, module, h_out, g_out):
+        return ew.relu_input(h_out, module.output)  # output > 0 exactly where input > 0
 
 
 class Softmax(ModuleAdaptor):
@@ -47,10 +59,10 @@ class LogSoftmax(ModuleAdaptor):
 
 
 ADAPTORS = {
-    nn.ReLU: Elementwise(lambda m, x: ew.relu_derivatives(x)),
+    nn.ReLU: ReLU(),
     nn.LeakyReLU: Elementwise(lambda m, x: ew.leaky_relu_derivatives(x, m.negative_slope)),
-    nn.Sigmoid: Elementwise(lambda m, x: ew.sigmoid_derivatives(x)),
-    nn.Tanh: Elementwise(lambda m, x: ew.tanh_derivatives(x)),
+    nn.Sigmoid: Elementwise(lambda m, s: ew.sigmoid_derivatives_from_output(s), of_output=True),
+    nn.Tanh: Elementwise(lambda m, t: ew.tanh_derivatives_from_output(t), of_output=True),
     nn.ELU: Elementwise(lambda m, x: ew.elu_derivatives(x, m.alpha)),
     nn.SELU: Elementwise(lambda m, x: ew.selu_derivatives(x)),
     nn.Softplus: Elementwise(lambda m, x: ew.softplus_derivatives(x, m.beta, m.threshold)),

@@ -94,9 +94,10 @@ class LossAdaptor(ModuleExtension):
     def __call__(self, ext: DiagonalBackprop, module: nn.Module, g_inp, g_out) -> None:
         _stored_io(module)
         self.check(module)
-        if not bool(torch.all(g_out[0] == 1)):
+        g = g_out[0]
+        if g.numel() != 1 or g.item() != 1:  # one scalar read instead of an elementwise test
             raise HesScaleError(
-                f"The backward pass reached {describe(module)} with gradient {g_out[0]!r}, not 1: "
+                f"The backward pass reached {describe(module)} with gradient {g!r}, not 1: "
                 "the loss must be the last operation (call loss.backward() on the loss module's "
                 "output itself, not on a scaled or transformed version of it)."
             )

@@ -13,17 +13,19 @@ from hesscale.extensions.registry import ADAPTORS, supported_modules
 def _graph_parameters(root: Tensor) -> list[nn.Parameter]:
     """Parameters requiring grad that the backward pass from ``root`` will reach."""
     found: dict[int, nn.Parameter] = {}
-    seen: set[int] = set()
+    seen: set = set()
     stack = [root.grad_fn]
-    while stack:
+    while stack:  # runs once per backward pass: kept lean (no getattr defaults, no id())
         node = stack.pop()
-        if node is None or id(node) in seen:
+        if node is None or node in seen:
             continue
-        seen.add(id(node))
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, nn.Parameter) and variable.requires_grad:
-            found[id(variable)] = variable
-        stack.extend(next_node for next_node, _ in node.next_functions)
+        seen.add(node)
+        if hasattr(node, "variable"):  # AccumulateGrad: a leaf, no further nodes
+            variable = node.variable
+            if isinstance(variable, nn.Parameter) and variable.requires_grad:
+                found[id(variable)] = variable
+        else:
+            stack.extend(next_node for next_node, _ in node.next_functions)
     return list(found.values())
 
 
@@ -83,7 +85,9 @@ class DiagonalBackprop(BackpropExtension):
                 "nn.Module form of each operation."
             )
         shape, stride = self._layouts.pop(key)
-        if h.shape == output.shape and _same_layout(shape, stride, output.stride()):
+        if h.shape == output.shape and (
+            stride == output.stride() or _same_layout(shape, stride, output.stride())
+        ):
             return h
         if (
             h.numel() == output.numel()

@@ -21,10 +21,19 @@ def elementwise_input(
     h_out: Tensor, g_out: Tensor | None, first: Tensor, second: Tensor | float
 ) -> Tensor:
     """h_x = first^2 * h_z + second * g_z, where first = sigma'(x), second = sigma''(x)."""
-    h_in = first.square() * h_out
-    if g_out is not None:
-        h_in = h_in + second * g_out
-    return h_in
+    h_in = (h_out * first).mul_(first)  # first^2 * h_z, with one new tensor
+    if g_out is None or (not isinstance(second, Tensor) and second == 0):
+        return h_in
+    if isinstance(second, Tensor):
+        return h_in.addcmul_(second, g_out)  # + second * g_z, in the same pass
+    return h_in.add_(g_out, alpha=second)
+
+
+def relu_input(h_out: Tensor, x: Tensor) -> Tensor:
+    """ReLU (sigma' = 1[x > 0], so sigma'^2 = sigma'; sigma'' = 0): h_x = h_z * 1[x > 0] in
+    both variants. The same as ``elementwise_input`` with ``relu_derivatives``, in one pass
+    over a boolean mask instead of three over float tensors."""
+    return h_out * (x > 0)
 
 
 def relu_derivatives(x: Tensor) -> Derivatives:
@@ -40,14 +49,22 @@ def leaky_relu_derivatives(x: Tensor, negative_slope: float) -> Derivatives:
 
 def sigmoid_derivatives(x: Tensor) -> Derivatives:
     """s = sigmoid(x): sigma' = s(1 - s), sigma'' = s(1 - s)(1 - 2s)."""
-    s = torch.sigmoid(x)
-    first = s * (1 - s)
-    return first, first * (1 - 2 * s)
+    return sigmoid_derivatives_from_output(torch.sigmoid(x))
+
+
+def sigmoid_derivatives_from_output(s: Tensor) -> Derivatives:
+    """The same from the output s = sigmoid(x), which the forward pass already computed."""
+    first = s - s.square()
+    return first, first - 2 * s * first
 
 
 def tanh_derivatives(x: Tensor) -> Derivatives:
     """t = tanh(x): sigma' = 1 - t^2, sigma'' = -2t(1 - t^2)."""
-    t = torch.tanh(x)
+    return tanh_derivatives_from_output(torch.tanh(x))
+
+
+def tanh_derivatives_from_output(t: Tensor) -> Derivatives:
+    """The same from the output t = tanh(x), which the forward pass already computed."""
     first = 1 - t.square()
     return first, -2 * t * first
 

@@ -1,0 +1,92 @@
+"""The cost study end to end on tiny settings (no timing assertions: timings are measured in
+benchmarks/, never asserted)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from hesscale.cli import main as cli
+from hesscale.experiments import cost
+
+TINY = ["--widths", "8", "--depths", "1", "--batch", "4", "--repeats", "3", "--warmup", "1"]
+
+
+def test_command_writes_table_csv_json_and_plot(tmp_path, capsys):
+    methods = ["HesScale", "HesScaleGN", "DiagGGNMC", "SGD"]
+    assert cli(["cost", *TINY, "--methods", *methods, "--out", str(tmp_path), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "HesScaleGN" in printed and "time x" in printed
+    with open(tmp_path / "cost.csv") as f:
+        rows = {row["method"]: row for row in csv.DictReader(f)}
+    assert list(rows) == [cost.REFERENCE, *methods]
+    assert all(row["status"] == "ok" for row in rows.values())
+    assert float(rows[cost.REFERENCE]["time_ratio"]) == 1.0
+    assert float(rows[cost.REFERENCE]["memory_ratio"]) == 1.0
+    # HesScale stores one more parameter-sized field than the gradient: more peak memory
+    assert float(rows["HesScale"]["peak_mb"]) > float(rows[cost.REFERENCE]["peak_mb"]) > 0
+    detailed = json.loads((tmp_path / "cost.json").read_text())
+    assert all(len(entry["times_ms"]) == 3 for entry in detailed)
+    assert (tmp_path / "cost.png").stat().st_size > 0
+    assert "HesScale" in (tmp_path / "cost.txt").read_text()
+
+
+def test_every_method_runs_on_a_tiny_mlp():
+    config = cost.Config(model="mlp", width=6, depth=2, batch=3)
+    results = cost.measure(config, list(cost.METHODS), repeats=2, warmup=1, progress=False)
+    assert {r.method: r.status for r in results} == {name: "ok" for name in cost.METHODS}
+    assert all(r.median_ms > 0 and r.peak_mb > 0 for r in results)
+
+
+def test_cnn_runs_with_hesscale():
+    config = cost.Config(model="cnn", width=2, depth=1, batch=2)
+    results = cost.measure(config, ["HesScale", "HesScaleGN"], repeats=2, warmup=1, progress=False)
+    assert [r.status for r in results] == ["ok"] * 3
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_cnn_shapes(depth):
+    model = cost.cnn(width=4, depth=depth)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_peak_memory_counts_what_a_step_allocates():
+    one_mb = 2**20
+
+    def run():
+        a = torch.ones(one_mb // 4)  # 1 MiB, freed before the next one exists
+        del a
+        b = torch.ones(2 * one_mb // 4)  # 2 MiB: the peak
+        del b
+
+    step = cost.Step(run, torch.nn.Linear(1, 1))
+    peak = cost.peak_step_bytes(step, "cpu")
+    assert 2 * one_mb <= peak < 2 * one_mb + 64 * 1024
+
+
+def test_a_failing_method_is_reported_not_fatal(monkeypatch):
+    def broken(problem):
+        raise RuntimeError("no rule for this")
+
+    monkeypatch.setitem(cost.METHODS, "Broken", cost.Method("Broken", "curvature", broken))
+    config = cost.Config(width=4, depth=1, batch=2)
+    results = cost.measure(config, ["Broken"], repeats=2, warmup=1, memory=False, progress=False)
+    broken_result = results[-1]
+    assert broken_result.status.startswith("skipped: RuntimeError: no rule for this")
+    assert math.isnan(broken_result.time_ratio)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_cuda_without_a_gpu_skips_with_a_clear_message(tmp_path, capsys):
+    assert cli(["cost", *TINY, "--device", "cuda", "--out", str(tmp_path)]) == 0
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "cost.csv").exists()
+
+
+def test_cpu_clock_needs_one_thread(tmp_path, capsys):
+    assert cli(["cost", *TINY, "--threads", "2", "--clock", "cpu", "--out", str(tmp_path)]) == 2
+    assert "--threads 1" in capsys.readouterr().err
