@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from hesscale.extensions import activations, layers, losses, pooling
+from hesscale.extensions import activations, conv, layers, losses, pooling
 
 ADAPTORS: dict[type[nn.Module], object] = {}
-for _family in (layers, activations, losses, pooling):
+for _family in (layers, activations, losses, conv, pooling):
     ADAPTORS.update(_family.ADAPTORS)
 
 
