@@ -324,6 +324,19 @@ def test_shipped_specs_load_and_expand():
     assert {"sgd", "adam", "adahesscale", "adahesscalegn"} <= set(paper["learners"])
 
 
+def test_sweep_lists_failed_runs_with_their_traceback(tmp_path, capsys):
+    spec = tmp_path / "nodata.toml"
+    text = (
+        TINY_SPEC.format(steps=5).replace('"digits"', '"mnist"').replace("seeds = 2", "seeds = 1")
+    )
+    spec.write_text(text + '\n[slurm]\ntime = "0:05:00"\n')
+    argv = ["sweep", str(spec), "--out-dir", str(tmp_path / "o"), "--data-dir", str(tmp_path)]
+    assert run_cli(*argv, "--jobs", "1", "--no-progress", "--learners", "sgd") == 1
+    out = capsys.readouterr().out
+    assert "2 runs: 2 failed" in out and out.count("FAILED") == 2
+    assert "DatasetNotFoundError" in out and "Traceback (most recent call last)" in out
+
+
 def test_bad_spec_is_a_clear_error(tmp_path, capsys):
     spec = tmp_path / "bad.toml"
     spec.write_text(TINY_SPEC.format(steps=5).replace("beta2 = 0.99", "momentum = 0.9"))

@@ -278,14 +278,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__.split("\n", 1)[1]
-    parser.add_argument("--task", required=True, help="e.g. digits, mnist-input-permuted")
+    parser.add_argument(
+        "--task",
+        required=True,
+        help="digits, mnist, emnist, cifar10 or cifar100, each also as <name>-input-permuted "
+        "and <name>-label-permuted",
+    )
     parser.add_argument("--network", required=True, help=", ".join(NETWORKS))
     parser.add_argument("--learner", required=True, choices=list(LEARNERS))
     parser.add_argument("--lr", required=True, type=float, help="step size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--change-freq", type=int, default=None, help="steps per permutation")
+    parser.add_argument(
+        "--change-freq",
+        type=int,
+        default=None,
+        help="steps per permutation (default: 5000 input-, 2500 label-permuted)",
+    )
     parser.add_argument("--bin-size", type=int, default=100, help="steps averaged per log point")
     parser.add_argument("--hidden", type=_int_list, default=None, help="fc hidden sizes: 64,32")
     parser.add_argument(
