@@ -20,11 +20,10 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from hesscale.estimators import Estimator, exact_hessian, standard_estimators
-from hesscale.experiments.approx_data import DATASETS, example_stream, load_dataset
+from hesscale.experiments.tasks import DATASETS, Task
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
 LOSSES = ("ce", "mse")
@@ -45,7 +44,7 @@ TIE = 1e-9  # relative difference below which two errors count as equal (e.g. BL
 @dataclass(frozen=True)
 class StudyConfig:
     data: str = "digits"
-    data_dir: str = field(default_factory=lambda: os.environ.get("HESSCALE_DATA_DIR", "data"))
+    data_dir: str | None = None  # None: hesscale.experiments.tasks.default_data_dir()
     download: bool = False
     seeds: int = 5
     steps: int = 200
@@ -66,7 +65,7 @@ class StudyConfig:
         if self.lr < 0 or not math.isfinite(self.lr):
             raise ValueError(f"--lr must be a finite non-negative number, got {self.lr}")
         choices = {
-            "data": DATASETS,
+            "data": tuple(DATASETS),
             "activation": tuple(ACTIVATIONS),
             "loss": LOSSES,
             "dtype": ("float32", "float64"),
@@ -128,30 +127,41 @@ def l1_by_layer(
     return errors
 
 
+def example_stream(config: StudyConfig, seed: int) -> Task:
+    """Single examples (batch size 1) of the stationary task ``config.data``, in a random
+    order that depends on ``seed``, reshuffled after each pass through the data."""
+    return Task(
+        config.data,
+        batch_size=1,
+        seed=10_000 + seed,
+        data_dir=config.data_dir,
+        download=config.download,
+    )
+
+
 def run_seed(
-    seed: int,
-    config: StudyConfig,
-    data: tuple[Tensor, Tensor, int],
-    methods: list[Estimator],
-    progress: tqdm | None = None,
+    seed: int, config: StudyConfig, methods: list[Estimator], progress: tqdm | None = None
 ) -> np.ndarray:
     """Errors of one seed's trajectory, shape (steps, methods, layers)."""
-    inputs, labels, n_classes = data
+    stream = example_stream(config, seed)
+    n_classes = stream.n_outputs
     dtype = getattr(torch, config.dtype)
     torch.manual_seed(seed)  # initialisation and the stochastic estimators
     model = build_mlp(
-        inputs.shape[1], n_classes, config.width, config.depth, ACTIVATIONS[config.activation]
+        math.prod(stream.input_shape),
+        n_classes,
+        config.width,
+        config.depth,
+        ACTIVATIONS[config.activation],
     ).to(dtype)
     loss_fn = nn.CrossEntropyLoss() if config.loss == "ce" else nn.MSELoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     reference = exact_hessian()
     layer_names, owners = layer_index(model)
     errors = np.zeros((config.steps, len(methods), len(layer_names)))
-    stream = example_stream(
-        inputs, labels, config.steps, torch.Generator().manual_seed(10_000 + seed)
-    )
-    for step, (x, label) in enumerate(stream):
-        x = x.to(dtype)
+    for step in range(config.steps):
+        x, label = stream.next_batch()
+        x = x.flatten(1).to(dtype)
         y = label if config.loss == "ce" else nn.functional.one_hot(label, n_classes).to(dtype)
         exact = reference.estimate(model, loss_fn, x, y)
         for j, method in enumerate(methods):
@@ -321,11 +331,9 @@ def run_study(config: StudyConfig, out: Path, progress: bool = True) -> dict:
     """Run every seed, write the outputs, and return the summary."""
     config.validate()
     methods = select_methods(config)
-    data = load_dataset(config.data, config.data_dir, config.download)
+    example_stream(config, 0)  # fail early if the data is missing
     names = [m.name for m in methods]
-    layer_names, _ = layer_index(
-        build_mlp(data[0].shape[1], data[2], config.width, config.depth, nn.Tanh)
-    )
+    layer_names = [f"layer {i + 1}" for i in range(config.depth + 1)]
     start = time.perf_counter()
     with (
         warnings.catch_warnings(),
@@ -338,9 +346,7 @@ def run_study(config: StudyConfig, out: Path, progress: bool = True) -> dict:
     ):
         # BackPACK's hooks on the first layer, whose input needs no gradient
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        errors = np.stack(
-            [run_seed(seed, config, data, methods, bar) for seed in range(config.seeds)]
-        )
+        errors = np.stack([run_seed(seed, config, methods, bar) for seed in range(config.seeds)])
     seconds = time.perf_counter() - start
     rows = summarise(errors, methods, layer_names)
     paths = write_outputs(out, config, names, layer_names, errors, rows, seconds)
@@ -359,13 +365,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     defaults = StudyConfig()
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add = parser.add_argument
-    add("--data", choices=DATASETS, default=defaults.data, help="digits ships with scikit-learn")
+    add("--data", choices=tuple(DATASETS), default=defaults.data, help="digits is built in")
     add(
         "--data-dir",
         default=defaults.data_dir,
-        help="where MNIST is (torchvision layout; env HESSCALE_DATA_DIR)",
+        help="where MNIST etc. are, torchvision layout (default: $HESSCALE_DATA_DIR or data)",
     )
-    add("--download", action="store_true", help="download MNIST into --data-dir if missing")
+    add("--download", action="store_true", help="download the data into --data-dir if missing")
     add("--seeds", type=int, default=defaults.seeds, help="independent runs (seeds 0..N-1)")
     add("--steps", type=int, default=defaults.steps, help="examples (SGD steps) per seed")
     add("--width", type=int, default=defaults.width, help="units per hidden layer")
