@@ -589,3 +589,19 @@ def test_sparse_gradients_are_refused():
     p.hesscale = torch.ones(3, dtype=DTYPE)
     with pytest.raises(RuntimeError, match="does not support sparse gradients"):
         opt.step()
+
+
+@pytest.mark.parametrize("opt_cls", [AdaHesScale, AdaHesScaleGN, AdaGGNMC, AdaHessian])
+def test_default_hyperparameters_train_the_example_mlp(opt_cls, one_thread):
+    """The README example's network, default step size, a small fixed batch: the loss drops."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(6, 128), nn.Sigmoid(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 10)
+    )
+    model, loss_fn = extend(model), extend(nn.CrossEntropyLoss())
+    x = torch.randn(32, 6)
+    y = (x @ torch.randn(6, 10)).argmax(1)  # labels a linear teacher gives: learnable
+    opt = opt_cls(model.parameters())
+    losses = [float(opt.step(lambda: loss_fn(model(x), y)).detach()) for _ in range(60)]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.7 * losses[0]

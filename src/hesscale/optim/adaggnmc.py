@@ -20,7 +20,7 @@ class AdaGGNMC(ExtensionAdam):
     def __init__(
         self,
         params: ParamsT,
-        lr: float = 0.02,
+        lr: float = 3e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,

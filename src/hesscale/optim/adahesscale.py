@@ -37,9 +37,11 @@ class AdaHesScale(ExtensionAdam):
 
     Args:
         params: parameters or param groups, as for any torch.optim optimizer.
-        lr: step size. The default, 0.02, trains the examples and the digits MLP (a short grid
-            on digits put the best value between 0.01 and 0.05; see benchmarks/digits_mlp.py);
-            tune it as you would Adam's.
+        lr: step size. The default, 3e-4, trains the README's example networks on streams of
+            single examples (benchmarks/default_lr.py; from 1e-3 up they sometimes diverge
+            there: the first steps are about lr * g / |h| per entry, and |h| can be tiny) and a
+            digits MLP with mini-batches of 32 (benchmarks/digits_mlp.py), where 1e-3 to 1e-2
+            did better. With mini-batches, try 1e-3 to 1e-2; tune it as you would Adam's.
         betas: decay rates of the moving averages of g and of c(h).
         eps: added to the denominator.
         weight_decay: decoupled (AdamW-style) weight decay: p *= 1 - lr * weight_decay.
@@ -63,7 +65,7 @@ class AdaHesScale(ExtensionAdam):
     def __init__(
         self,
         params: ParamsT,
-        lr: float = 0.02,
+        lr: float = 3e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
