@@ -182,6 +182,10 @@ def test_run_writes_a_binned_json_log_and_skips_a_finished_run(tmp_path, capsys)
     stamp = out.stat().st_mtime_ns
     assert run_cli(*argv, "--no-progress") == 0
     assert "skipped" in capsys.readouterr().out and out.stat().st_mtime_ns == stamp
+    # the same place, other settings: refused, the finished log kept
+    assert run_cli(*argv[:-2], "--steps", "30", "--out", str(out), "--no-progress") == 2
+    assert "steps: 25 there, 30 now" in capsys.readouterr().err
+    assert out.stat().st_mtime_ns == stamp
 
 
 def test_nan_loss_is_logged_as_divergence_not_a_crash(tmp_path):
@@ -239,6 +243,10 @@ def test_sweep_is_interrupted_resumed_without_redoing_or_losing_runs_and_plotted
     assert len(after) == 8
     for path, stamp in before.items():
         assert after[path] == stamp, f"{path} was run again"
+
+    spec.write_text(TINY_SPEC.format(steps=61))  # a changed spec must not mix with old logs
+    assert run_cli(*command[3:], "--jobs", "1") == 2
+    assert "other settings (steps: 60 there, 61 now)" in capsys.readouterr().err
 
     assert run_cli("plot", str(out)) == 0
     pngs = sorted((out / "plots").glob("*.png"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import math
 import platform
 import signal
@@ -45,6 +46,28 @@ class RunConfig:
 
     def all_hyperparameters(self) -> dict[str, Any]:
         return {"lr": self.lr, **self.hyperparameters}
+
+    def experiment(self) -> dict[str, Any]:
+        """What determines the results (not where data lives or which device runs it)."""
+        skip = ("data_dir", "download", "device")
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+class StaleLogError(ValueError):
+    """A complete log at the output path that was made with a different configuration."""
+
+
+def check_existing(config: RunConfig, log: dict[str, Any], out: str | Path) -> None:
+    """Raise StaleLogError if ``log`` (complete, at ``out``) is not a run of ``config``."""
+    theirs = RunConfig(**log.get("config", {})).experiment() if "config" in log else {}
+    ours = json.loads(json.dumps(config.experiment()))  # as it reads back from JSON
+    differ = sorted(k for k in ours if theirs.get(k) != ours[k])
+    if differ:
+        shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} now" for k in differ)
+        raise StaleLogError(
+            f"{out} holds a complete run with other settings ({shown}). Write to another "
+            "place (--out / --out-dir) or pass --force to overwrite it."
+        )
 
 
 class StopFlag:
@@ -223,6 +246,7 @@ def run_and_log(
 
     existing = read_log(out)
     if not force and existing is not None and existing.get("status") in COMPLETE:
+        check_existing(config, existing, out)
         return {**existing, "skipped": True}
     try:
         log = train(config, progress=progress, stop=stop)
@@ -348,6 +372,9 @@ def main(args: argparse.Namespace) -> int:
         log = run_and_log(
             config, out, progress=not args.no_progress, stop=stop, force=args.force, command=command
         )
+    except StaleLogError as error:
+        print(f"hesscale run: {error}", file=sys.stderr)
+        return 2
     finally:
         stop.restore(previous)
     status = log["status"]

@@ -47,7 +47,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hesscale.experiments.logs import is_complete, read_log, run_path
+from hesscale.experiments.logs import COMPLETE, is_complete, read_log, run_path
 
 RUN_KEYS = {
     "task": str,
@@ -184,6 +184,7 @@ def plan(spec: dict[str, Any], out_dir: Path, threads: int = 1) -> dict[str, lis
     for learner, grid in spec["learners"].items():
         runs[learner] = []
         for hyper in _grid(grid):
+            hyper["lr"] = float(hyper["lr"])
             for seed in spec["seeds"]:
                 log = (run_path(out_dir / "logs", learner, hyper, seed)).absolute()
                 argv = ["run", "--learner", learner, "--lr", repr(float(hyper["lr"]))]
@@ -306,17 +307,33 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _execute(argv: list[str]) -> tuple[str, str, str | None]:
-    """Run one planned command in this process; returns (log path, status, error)."""
+def _parse(argv: list[str]):
+    """(RunConfig, log path) of a planned ``run`` command."""
     from hesscale.experiments import run as run_module
 
     parser = argparse.ArgumentParser()
     run_module.configure(parser)
     args = parser.parse_args(argv[1:])
-    log = run_module.run_and_log(
-        run_module.config_from_args(args), args.out, progress=False, command=["hesscale", *argv]
-    )
-    return args.out, log["status"], log.get("error")
+    return run_module.config_from_args(args), args.out
+
+
+def _execute(argv: list[str]) -> tuple[str, str, str | None]:
+    """Run one planned command in this process; returns (log path, status, error)."""
+    from hesscale.experiments.run import run_and_log
+
+    config, out = _parse(argv)
+    log = run_and_log(config, out, progress=False, command=["hesscale", *argv])
+    return out, log["status"], log.get("error")
+
+
+def check_stale(runs: dict[str, list[PlannedRun]]) -> None:
+    """Raise StaleLogError if a complete log was made with settings other than the spec's."""
+    from hesscale.experiments.run import check_existing
+
+    for planned in (r for rs in runs.values() for r in rs):
+        log = read_log(planned.log)
+        if log is not None and log.get("status") in COMPLETE:
+            check_existing(_parse(planned.argv)[0], log, planned.log)
 
 
 def run_local(pending: list[PlannedRun], jobs: int, threads: int, progress: bool) -> bool:
@@ -438,6 +455,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     out_dir = Path(args.out_dir or Path("results") / spec["name"])
     runs = plan(spec, out_dir, threads=args.threads)
+    try:
+        check_stale(runs)
+    except ValueError as error:
+        print(f"hesscale sweep: {error}", file=sys.stderr)
+        return 2
     if args.status:
         print(report(runs))
         return 0
