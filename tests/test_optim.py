@@ -539,7 +539,8 @@ def test_adahessian_needs_the_gradient_graph():
     x, y = logistic_data()
     model, loss_fn = linear_model()
     opt = AdaHessian(model.parameters())
-    assert opt.method is None
+    assert opt.method is None and opt.create_graph
+    assert not AdaHesScale(model.parameters()).create_graph
     loss_fn(model(x), y).backward()  # no create_graph
     with pytest.raises(HesScaleError, match="create_graph=True"):
         opt.step()

@@ -48,11 +48,14 @@ class AdaHessian(DiagonalAdam):
        loss itself with torch.autograd.grad(create_graph=True); p.grad holds the (detached)
        gradient afterwards. A closure may instead call backward(create_graph=True) itself.
 
-    ``opt.method`` is None: AdaHessian needs no BackPACK extension (nor ``extend``).
+    ``opt.method`` is None: AdaHessian needs no BackPACK extension (nor ``extend``);
+    ``opt.create_graph`` is True.
     Defaults follow the AdaHessian paper: lr=0.15, betas=(0.9, 0.999), eps=1e-4,
     hessian_power=1. Other arguments as AdaHesScale (decoupled weight_decay, maximize,
     on_nonfinite).
     """
+
+    create_graph = True
 
     def __init__(
         self,

@@ -47,7 +47,8 @@ class DiagonalAdam(torch.optim.Optimizer):
     max_scale, on_nonfinite.
     """
 
-    method: BackpropExtension | None = None
+    method: BackpropExtension | None = None  # the BackPACK extension backward must run under
+    create_graph: bool = False  # whether backward must run with create_graph=True
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         self._used: dict[int, weakref.ref] = {}
