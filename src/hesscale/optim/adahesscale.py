@@ -19,7 +19,8 @@ class AdaHesScale(ExtensionAdam):
                loss.backward()
            opt.step()
 
-    2. Closure (shortest; use it when something else should not run backward)::
+    2. Closure (shortest, and it cannot forget the extension; use it when one function can
+       compute the loss, and not for gradient accumulation over several backward passes)::
 
            opt.step(lambda: loss_fn(model(x), y))
 
@@ -52,8 +53,9 @@ class AdaHesScale(ExtensionAdam):
             |h|, denominator v_hat).
         delta: trust region, off when None. When given, the whole step of each param group is
             scaled by min(max_scale, sqrt(2 * delta / sum(k_hat * u^2))), u the update above and
-            k_hat the |h| estimate: the diagonal quadratic model's predicted change is <= delta.
-            Weight decay is not scaled.
+            k_hat the |h| estimate v_hat tracks (sqrt(v_hat) for 'adam', v_hat for 'sqrt' and
+            'newton'): the diagonal quadratic model's predicted change is <= delta. Weight decay
+            is not scaled.
         max_scale: the largest factor the trust region may scale a step by.
         on_nonfinite: 'raise' (default) raises NonFiniteError when a gradient or diagonal holds
             inf/NaN; 'skip' warns and skips the whole step, leaving parameters and state as they
