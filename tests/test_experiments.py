@@ -6,11 +6,13 @@ import json
 import math
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -186,6 +188,39 @@ def test_run_writes_a_binned_json_log_and_skips_a_finished_run(tmp_path, capsys)
     assert run_cli(*argv[:-2], "--steps", "30", "--out", str(out), "--no-progress") == 2
     assert "steps: 25 there, 30 now" in capsys.readouterr().err
     assert out.stat().st_mtime_ns == stamp
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """An MNIST-format (idx, uint8) file, as torchvision reads them."""
+    header = struct.pack(">I", 0x800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_torchvision_data_and_test_split_evaluation(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("t10k", 30)):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    out = tmp_path / "run.json"
+    argv = ["run", "--task", "mnist-input-permuted", "--network", "fc_relu_small", "--hidden"]
+    argv += ["8", "--learner", "adam", "--lr", "0.01", "--steps", "12", "--batch-size", "8"]
+    argv += ["--change-freq", "6", "--eval-every", "5", "--data-dir", str(tmp_path)]
+    assert run_cli(*argv, "--out", str(out), "--no-progress") == 0
+    log = read_log(out)
+    assert log["task"]["n_samples"] == 40 and log["task"]["input_shape"] == [1, 28, 28]
+    assert log["test"]["steps"] == [5, 10, 12]
+    assert all(0 < v < 20 for v in log["test"]["loss"])
+    assert all(a in {k / 30 for k in range(31)} for a in log["test"]["accuracy"])
+    assert run_cli("plot", str(tmp_path), "--out", str(tmp_path / "plots")) == 0
+    assert "final test accuracy" in (tmp_path / "plots" / "summary.md").read_text()
+    # digits has no test split: a clear error, not a silent evaluation on training data
+    argv = ["run", "--task", "digits", "--network", "fc_relu_small", "--learner", "sgd"]
+    argv += ["--lr", "0.1", "--steps", "5", "--eval-every", "2", "--out", str(tmp_path / "d")]
+    assert run_cli(*argv, "--no-progress") == 1
+    log = read_log(tmp_path / "d")
+    assert "no held-out test split" in log["error"] and "steps_done" not in log
 
 
 def test_nan_loss_is_logged_as_divergence_not_a_crash(tmp_path):

@@ -3,8 +3,9 @@
 RESULTS is a sweep's output folder (or any folder of run logs, searched recursively). For each
 task x network it draws:
 
-  curves_<task>_<network>.png       loss and accuracy over steps, mean +- standard error over
-                                    seeds, for each learner's best configuration
+  curves_<task>_<network>.png       loss and accuracy over steps (online; and on the test
+                                    split for runs with --eval-every), mean +- standard error
+                                    over seeds, for each learner's best configuration
   sensitivity_<task>_<network>.png  average loss and accuracy vs. step size, per learner (for
                                     each step size its best setting of the other hyperparameters)
 
@@ -53,11 +54,17 @@ class Config:
     def score(self) -> float:
         return float(np.mean(self.per_seed("loss")))
 
-    def curve(self, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Steps, mean and standard error over seeds of the binned ``metric``."""
-        n = min(len(log[metric]) for log in self.logs)
-        values = np.array([log[metric][:n] for log in self.logs], dtype=float)
-        return np.array(self.logs[0]["bin_ends"][:n]), values.mean(0), stderr(values)
+    @property
+    def has_test(self) -> bool:
+        return all(log.get("test", {}).get("steps") for log in self.logs)
+
+    def curve(self, metric: str, test: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Steps, mean and standard error over seeds of the binned (or test-split) ``metric``."""
+        series = [log["test"] if test else log for log in self.logs]
+        steps = "steps" if test else "bin_ends"
+        n = min(len(s[metric]) for s in series)
+        values = np.array([s[metric][:n] for s in series], dtype=float)
+        return np.array(series[0][steps][:n]), values.mean(0), stderr(values)
 
     def label(self) -> str:
         return f"{self.learner} ({config_name(self.hyperparameters).replace('__', ', ')})"
@@ -106,6 +113,9 @@ def summary_rows(learners: dict[str, list[Config]]) -> list[dict[str, Any]]:
             row[f"avg_{metric}"] = (float(values.mean()), float(stderr(values)))
             final = np.array([log[metric][-1] if log[metric] else math.nan for log in top.logs])
             row[f"final_{metric}"] = (float(final.mean()), float(stderr(final)))
+        if top.has_test:
+            final = np.array([log["test"]["accuracy"][-1] for log in top.logs])
+            row["final_test_accuracy"] = (float(final.mean()), float(stderr(final)))
         rows.append(row)
     return rows
 
@@ -114,17 +124,23 @@ def summary_table(task: str, network: str, rows: list[dict[str, Any]]) -> str:
     def pm(pair: tuple[float, float]) -> str:
         return f"{pair[0]:.4f} ± {pair[1]:.4f}"
 
+    test = any("final_test_accuracy" in r for r in rows)
     lines = [
         f"### {task}, {network}",
         "",
-        "| learner | best config | avg loss | avg accuracy | final accuracy | seeds "
-        "| diverged configs |",
-        "|---|---|---|---|---|---|---|",
+        "| learner | best config | avg loss | avg accuracy | final accuracy "
+        + ("| final test accuracy " if test else "")
+        + "| seeds | diverged configs |",
+        "|---|---|---|---|---|---|---|" + ("---|" if test else ""),
     ]
     for r in sorted(rows, key=lambda r: r["avg_loss"][0]):
+        test_cell = ""
+        if test:
+            test_cell = f"| {pm(r['final_test_accuracy'])} " if "final_test_accuracy" in r else "| "
         lines.append(
             f"| {r['learner']} | {r['config']} | {pm(r['avg_loss'])} | {pm(r['avg_accuracy'])} "
-            f"| {pm(r['final_accuracy'])} | {r['seeds']} | {r['diverged_configs']}/{r['configs']} |"
+            f"| {pm(r['final_accuracy'])} {test_cell}| {r['seeds']} "
+            f"| {r['diverged_configs']}/{r['configs']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -135,20 +151,25 @@ def plot_curves(learners: dict[str, list[Config]], title: str, path: Path) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for learner in sorted(learners):
-        top = best(learners[learner])
-        if top.diverged:
-            continue
-        for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-            steps, mean, se = top.curve(metric)
-            (line,) = ax.plot(steps, mean, label=top.label())
-            ax.fill_between(steps, mean - se, mean + se, color=line.get_color(), alpha=0.25)
-    for ax, metric in zip(axes, ("online loss", "online accuracy"), strict=True):
+    tops = [best(learners[learner]) for learner in sorted(learners)]
+    tops = [top for top in tops if not top.diverged]
+    panels = [("loss", False), ("accuracy", False)]
+    if any(top.has_test for top in tops):
+        panels += [("loss", True), ("accuracy", True)]
+    rows = len(panels) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 4 * rows), squeeze=False)
+    for ax, (metric, test) in zip(axes.flat, panels, strict=True):
+        for color, top in enumerate(tops):
+            if test and not top.has_test:
+                continue
+            steps, mean, se = top.curve(metric, test)
+            marker = "o" if len(steps) == 1 else None
+            ax.plot(steps, mean, color=f"C{color}", marker=marker, label=top.label())
+            ax.fill_between(steps, mean - se, mean + se, color=f"C{color}", alpha=0.25)
         ax.set_xlabel("step")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(("test " if test else "online ") + metric)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"{title}: best configuration per learner (mean ± standard error over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,10 +1,11 @@
 """``hesscale run``: one training run (task x network x learner x seed) -> one JSON log.
 
 Loss and accuracy are measured online (each batch before the update on it) and averaged over
-bins of ``--bin-size`` steps. A NaN or infinite loss ends the run with status ``diverged``;
-SIGUSR1/SIGTERM (a scheduler's warning) end it with status ``preempted`` and exit code 3, so a
-job script can requeue it; an exception leaves status ``failed`` with its traceback. A run
-whose log is already complete is skipped unless ``--force``.
+bins of ``--bin-size`` steps; ``--eval-every N`` adds loss and accuracy on the held-out test
+split every N steps (and at the end). A NaN or infinite loss ends the run with status
+``diverged``; SIGUSR1/SIGTERM (a scheduler's warning) end it with status ``preempted`` and exit
+code 3, so a job script can requeue it; an exception leaves status ``failed`` with its
+traceback. A run whose log is already complete is skipped unless ``--force``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class RunConfig:
     batch_size: int = 32
     change_freq: int | None = None
     bin_size: int = 100
+    eval_every: int | None = None  # steps between test-set evaluations (not for digits)
     hidden: list[int] | None = None
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # besides lr
     data_dir: str | None = None
@@ -131,6 +133,8 @@ def train(
         data_dir=config.data_dir,
         download=config.download,
     )
+    if config.eval_every:
+        task.test_split()  # fail now, not at the first evaluation, if there is none
     model = build_network(config.network, task.input_shape, task.n_outputs, config.hidden)
     model = model.to(device)
     learner = Learner(config.learner, model.parameters(), **config.all_hyperparameters())
@@ -155,6 +159,7 @@ def train(
         "bin_ends": [],
         "loss": [],
         "accuracy": [],
+        "test": {"steps": [], "loss": [], "accuracy": []},  # with --eval-every
         "config": asdict(config),
         "version": hesscale.__version__,
         "torch_version": torch.__version__,
@@ -180,6 +185,21 @@ def train(
         bar.set_postfix(loss=f"{log['loss'][-1]:.4f}", acc=f"{log['accuracy'][-1]:.3f}")
         loss_sum = correct = seen = n_in_bin = 0
 
+    def evaluate(step_end: int) -> None:
+        """Loss and accuracy on the whole test split (DeepOBS-style evaluation)."""
+        model.eval()
+        total = hits = n = 0
+        with torch.no_grad():
+            for x, y in task.test_batches():
+                x, y = x.to(device), y.to(device)
+                output = model(x)
+                total += nn.functional.cross_entropy(output, y, reduction="sum").item()
+                hits += (output.argmax(dim=1) == y).sum().item()
+                n += len(y)
+        model.train()
+        for key, value in (("steps", step_end), ("loss", total / n), ("accuracy", hits / n)):
+            log["test"][key].append(value)
+
     status = "finished"
     try:
         for step in range(config.steps):
@@ -196,22 +216,27 @@ def train(
                 status = "diverged"
                 log.update(diverged_at_step=step, diverged_reason=f"loss {value}")
                 break
-            loss_sum += value
-            correct += (output.argmax(dim=1) == y).sum().item()
-            seen += len(y)
-            n_in_bin += 1
+            hits = (output.argmax(dim=1) == y).sum().item()
             try:
                 learner.step(loss)
             except FloatingPointError as error:  # e.g. hesscale.optim.NonFiniteError
                 status = "diverged"
                 log.update(diverged_at_step=step, diverged_reason=str(error))
                 break
+            loss_sum += value  # measured before the update, counted once it succeeded
+            correct += hits
+            seen += len(y)
+            n_in_bin += 1
             log["steps_done"] = step + 1
             bar.update()
             if n_in_bin == config.bin_size:
                 close_bin(step + 1)
+            if config.eval_every and (step + 1) % config.eval_every == 0:
+                evaluate(step + 1)
         if n_in_bin:
             close_bin(log["steps_done"])
+        if config.eval_every and status == "finished" and log["steps_done"] % config.eval_every:
+            evaluate(log["steps_done"])
     except KeyboardInterrupt as error:
         log.update(status="interrupted", wall_time_s=time.perf_counter() - start)
         error.partial_log = log  # type: ignore[attr-defined]
@@ -321,6 +346,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="steps per permutation (default: 5000 input-, 2500 label-permuted)",
     )
     parser.add_argument("--bin-size", type=int, default=100, help="steps averaged per log point")
+    parser.add_argument(
+        "--eval-every", type=int, default=None, help="evaluate on the test split every N steps"
+    )
     parser.add_argument("--hidden", type=_int_list, default=None, help="fc hidden sizes: 64,32")
     parser.add_argument(
         "--opt",
@@ -350,6 +378,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         batch_size=args.batch_size,
         change_freq=args.change_freq,
         bin_size=args.bin_size,
+        eval_every=args.eval_every,
         hidden=args.hidden,
         hyperparameters=dict(args.opt),
         data_dir=args.data_dir,

@@ -21,6 +21,7 @@ A spec::
     batch_size = 16
     change_freq = 100              # permuted tasks only
     bin_size = 25
+    # eval_every = 500             # test-split loss/accuracy every 500 steps (not digits)
     seeds = 3                      # 3 means [0, 1, 2]; or a list
     # hidden = [64, 32]            # fc networks: hidden sizes
 
@@ -56,6 +57,7 @@ RUN_KEYS = {
     "batch_size": int,
     "change_freq": int,
     "bin_size": int,
+    "eval_every": int,
     "hidden": list,
     "data_dir": str,
 }
@@ -174,7 +176,7 @@ def _grid(grid: dict[str, Any]) -> list[dict[str, Any]]:
 def plan(spec: dict[str, Any], out_dir: Path, threads: int = 1) -> dict[str, list[PlannedRun]]:
     """Every run of the spec, per learner, in a fixed order."""
     fixed = ["--task", spec["task"], "--network", spec["network"], "--steps", str(spec["steps"])]
-    for key in ("batch_size", "change_freq", "bin_size", "data_dir"):
+    for key in ("batch_size", "change_freq", "bin_size", "eval_every", "data_dir"):
         if key in spec:
             fixed += ["--" + key.replace("_", "-"), str(spec[key])]
     if "hidden" in spec:

@@ -10,6 +10,7 @@ a local data directory through torchvision) and a kind of stream:
   ``change_freq`` steps.
 
 Performance is measured online: each batch is scored before the learner updates on it.
+``Task.test_batches`` gives the held-out test split (not for digits) for periodic evaluation.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import functools
 import importlib.util
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +71,12 @@ def _digits_array():
     return np.concatenate([bunch.data, bunch.target[:, None]], axis=1)
 
 
-def _digits(data_dir: str, download: bool) -> Dataset:
+def _digits(data_dir: str, download: bool, train: bool) -> Dataset:
+    if not train:
+        raise ValueError(
+            "digits has no held-out test split: its tasks measure online performance only "
+            "(leave out --eval-every / eval_every)."
+        )
     array = _digits_array()
     raw = torch.as_tensor(array[:, :64], dtype=torch.uint8).view(-1, 1, 8, 8)  # values 0..16
     targets = torch.as_tensor(array[:, 64], dtype=torch.int64)
@@ -84,19 +91,20 @@ _TORCHVISION_FOLDERS = {
 }
 
 
-def _torchvision(cls_name: str, data_dir: str, download: bool, **kwargs: Any) -> Any:
+def _torchvision(cls_name: str, data_dir: str, download: bool, train: bool, **kwargs: Any) -> Any:
     import torchvision.datasets
 
     cls = getattr(torchvision.datasets, cls_name)
     root = Path(data_dir).expanduser()
     try:
-        return cls(root=str(root), train=True, download=download, **kwargs)
+        return cls(root=str(root), train=train, download=download, **kwargs)
     except RuntimeError as error:
         if download or "not found" not in str(error).lower():
             raise
         where = root.resolve() / _TORCHVISION_FOLDERS[cls_name]
         raise DatasetNotFoundError(
-            f"{cls_name} training data was not found: torchvision looks in '{where}'. Put the "
+            f"{cls_name} {'training' if train else 'test'} data was not found: torchvision "
+            f"looks in '{where}'. Put the "
             f"dataset files there, point --data-dir (or ${DATA_DIR_ENV}) at the folder that "
             "holds them, or pass --download to fetch them from the internet once."
         ) from None
@@ -108,8 +116,8 @@ def _torchvision(cls_name: str, data_dir: str, download: bool, **kwargs: Any) ->
 
 
 def _mnist_like(cls_name: str, n_classes: int, transpose: bool, **kwargs: Any):
-    def load(data_dir: str, download: bool) -> Dataset:
-        ds = _torchvision(cls_name, data_dir, download, **kwargs)
+    def load(data_dir: str, download: bool, train: bool) -> Dataset:
+        ds = _torchvision(cls_name, data_dir, download, train, **kwargs)
         raw = torch.as_tensor(ds.data)
         if transpose:  # EMNIST images are stored transposed
             raw = raw.transpose(1, 2)
@@ -123,11 +131,15 @@ def _mnist_like(cls_name: str, n_classes: int, transpose: bool, **kwargs: Any):
 
 
 def _cifar(cls_name: str, n_classes: int):
-    def load(data_dir: str, download: bool) -> Dataset:
-        ds = _torchvision(cls_name, data_dir, download)
+    def load(data_dir: str, download: bool, train: bool) -> Dataset:
+        ds = _torchvision(cls_name, data_dir, download, train)
         raw = torch.as_tensor(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
-        x = raw.to(torch.float32) / 255
-        mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+        if train:
+            x = raw.to(torch.float32) / 255
+            mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+        else:  # the test set is standardised with the training set's statistics
+            training = load_dataset(cls_name.lower(), data_dir, download)
+            mean, std = training.mean, training.std
         targets = torch.as_tensor(ds.targets, dtype=torch.int64)
         return Dataset(cls_name.lower(), raw, targets, n_classes, mean, std, 1 / 255)
 
@@ -144,11 +156,13 @@ DATASETS = {
 
 
 @functools.lru_cache(maxsize=4)
-def load_dataset(name: str, data_dir: str | None = None, download: bool = False) -> Dataset:
-    """The training split of dataset ``name`` (cached per process)."""
+def load_dataset(
+    name: str, data_dir: str | None = None, download: bool = False, train: bool = True
+) -> Dataset:
+    """The training (or test) split of dataset ``name`` (cached per process)."""
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset '{name}'. Known: {', '.join(DATASETS)}.")
-    return DATASETS[name](data_dir or default_data_dir(), download)
+    return DATASETS[name](data_dir or default_data_dir(), download, train)
 
 
 def task_names() -> list[str]:
@@ -189,6 +203,7 @@ class Task:
             raise ValueError(f"Task '{name}' needs change_freq >= 1, got {change_freq}.")
         self.name = name
         self.dataset = load_dataset(dataset_name, data_dir, download)
+        self._test_source = (dataset_name, data_dir, download)
         self.batch_size = batch_size
         self.change_freq = change_freq if self.kind != "stationary" else None
         self.input_shape: tuple[int, ...] = tuple(self.dataset.raw.shape[1:])
@@ -230,9 +245,22 @@ class Task:
             self._permutation = torch.randperm(size, generator=self._generator)
         self._step += 1
         index = self._indices()
-        x, y = self.dataset.inputs(index), self.dataset.targets[index]
+        return self._transform(self.dataset.inputs(index), self.dataset.targets[index])
+
+    def _transform(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if self.kind == "input-permuted":
             x = x.flatten(1)[:, self._permutation].view_as(x)
         elif self.kind == "label-permuted":
             y = self._permutation[y]
         return x, y
+
+    def test_split(self) -> Dataset:
+        """The dataset's held-out test split (loaded once per process)."""
+        return load_dataset(*self._test_source, train=False)
+
+    def test_batches(self, batch_size: int = 1000) -> Iterator[tuple[Tensor, Tensor]]:
+        """The whole test split in batches, under the stream's current permutation."""
+        test = self.test_split()
+        for start in range(0, len(test.targets), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(test.targets)))
+            yield self._transform(test.inputs(index), test.targets[index])
