@@ -31,9 +31,10 @@ def elementwise_input(
 
 def relu_input(h_out: Tensor, x: Tensor) -> Tensor:
     """ReLU (sigma' = 1[x > 0], so sigma'^2 = sigma'; sigma'' = 0): h_x = h_z * 1[x > 0] in
-    both variants. The same as ``elementwise_input`` with ``relu_derivatives``, in one pass
-    over a boolean mask instead of three over float tensors."""
-    return h_out * (x > 0)
+    both variants. ``x`` may also be the output relu(x) (positive exactly where x is). The same
+    as ``elementwise_input`` with ``relu_derivatives``, in one pass: ATen's kernel for ReLU's
+    backward, which keeps its first argument where the second exceeds the threshold 0."""
+    return torch.ops.aten.threshold_backward(h_out, x, 0)
 
 
 def relu_derivatives(x: Tensor) -> Derivatives:
