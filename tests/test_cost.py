@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -90,3 +91,22 @@ def test_cuda_without_a_gpu_skips_with_a_clear_message(tmp_path, capsys):
 def test_cpu_clock_needs_one_thread(tmp_path, capsys):
     assert cli(["cost", *TINY, "--threads", "2", "--clock", "cpu", "--out", str(tmp_path)]) == 2
     assert "--threads 1" in capsys.readouterr().err
+
+
+def test_a_method_too_slow_at_one_width_is_skipped_at_larger_ones(monkeypatch, tmp_path, capsys):
+    def slow(problem):
+        step = cost._plain(problem)
+        inner = step.run
+        step.run = lambda: (time.sleep(0.05), inner())
+        return step
+
+    monkeypatch.setitem(cost.METHODS, "Slow", cost.Method("Slow", "curvature", slow))
+    widths = ["--widths", "8", "4", "--depths", "1", "--batch", "2", "--repeats", "2"]
+    args = [*widths, "--warmup", "1", "--max-step-seconds", "0.01", "--no-memory", "--quiet"]
+    assert cli(["cost", *args, "--methods", "Slow", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "cost.csv") as f:
+        status = [(row["width"], row["method"], row["status"]) for row in csv.DictReader(f)]
+    assert status[0] == ("4", cost.REFERENCE, "ok")
+    assert status[1][:2] == ("4", "Slow") and status[1][2].startswith(cost.TOO_SLOW + ": one step")
+    assert status[3] == ("8", "Slow", cost.TOO_SLOW)
+    assert (tmp_path / "cost.png").exists()  # plots without any memory measurement

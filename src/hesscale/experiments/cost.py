@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 REFERENCE = "forward+backward"
+TOO_SLOW = "skipped: too slow"
 
 # ---------------------------------------------------------------------------------------------
 # models
@@ -409,8 +410,10 @@ def measure(
             message = str(error).splitlines()[0] if str(error) else ""
             results[name].status = f"skipped: {type(error).__name__}: {message[:120]}"
             continue
-        if seconds > max_step_seconds:
-            results[name].status = f"skipped: one step took {seconds:.0f} s > {max_step_seconds} s"
+        if seconds > max_step_seconds and name != REFERENCE:
+            results[
+                name
+            ].status = f"{TOO_SLOW}: one step took {seconds:.1f} s > {max_step_seconds} s"
             continue
         steps[name] = step
     if REFERENCE not in steps:
@@ -510,35 +513,45 @@ def _jsonable(value):
 
 
 def plot(results: list[Result], path: Path) -> Path:
-    """Time and memory ratio vs. width, one line per method, one column of panels per depth."""
+    """Time and memory ratio vs. width, one line per method, one column of panels per
+    (depth, threads)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
-    depths = sorted({r.config.depth for r in results})
-    fig, axes = plt.subplots(2, len(depths), figsize=(5 * len(depths), 7), squeeze=False)
+    panels = sorted({(r.config.depth, r.config.threads) for r in results})
+    fig, axes = plt.subplots(2, len(panels), figsize=(5 * len(panels), 7), squeeze=False)
     methods = list(dict.fromkeys(r.method for r in results))
-    for column, depth in enumerate(depths):
-        for method in methods:
-            points = sorted(
-                (r.config.width, r.time_ratio, r.memory_ratio)
-                for r in results
-                if r.method == method and r.config.depth == depth and r.status == "ok"
-            )
-            if not points:
-                continue
-            widths, times, memories = zip(*points, strict=True)
-            style = "-" if METHODS[method].group != "optimizer step" else ":"
-            axes[0, column].plot(widths, times, style, marker="o", label=method)
-            axes[1, column].plot(widths, memories, style, marker="o", label=method)
-        for row, what in enumerate(("time", "peak memory")):
+    for column, (depth, threads) in enumerate(panels):
+        for row, (what, ratio) in enumerate(
+            (("time", "time_ratio"), ("peak memory", "memory_ratio"))
+        ):
             ax = axes[row, column]
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
+            for method in methods:
+                points = sorted(
+                    (r.config.width, getattr(r, ratio))
+                    for r in results
+                    if r.method == method
+                    and (r.config.depth, r.config.threads) == (depth, threads)
+                    and math.isfinite(getattr(r, ratio))
+                )
+                if points:
+                    style = "-" if METHODS[method].group != "optimizer step" else ":"
+                    ax.plot(*zip(*points, strict=True), style, marker="o", label=method)
+            if ax.lines:
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_xticks(sorted({r.config.width for r in results}))
+                for axis in (ax.xaxis, ax.yaxis):
+                    axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+            else:
+                ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
             ax.set_xlabel("width")
             ax.set_ylabel(f"{what} / forward+backward")
-            ax.set_title(f"{results[0].config.model}, depth {depth}: {what}")
+            ax.set_title(f"{results[0].config.model}, depth {depth}, {threads} thread(s): {what}")
             ax.grid(True, which="both", alpha=0.3)
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
@@ -631,7 +644,8 @@ def main(args: argparse.Namespace) -> int:
     results: list[Result] = []
     for threads in args.threads:
         for depth in args.depths or DEFAULT_DEPTHS[args.model]:
-            for width in args.widths or DEFAULT_WIDTHS[args.model]:
+            too_slow: set[str] = set()  # too slow at a smaller width: skip at larger ones
+            for width in sorted(args.widths or DEFAULT_WIDTHS[args.model]):
                 config = Config(
                     args.model,
                     width,
@@ -647,13 +661,16 @@ def main(args: argparse.Namespace) -> int:
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     block = measure(
                         config,
-                        methods,
+                        [m for m in methods if m not in too_slow],
                         args.repeats,
                         args.warmup,
                         args.max_step_seconds,
                         not args.no_memory,
                         not args.quiet,
                     )
+                for name in too_slow:
+                    block.append(Result(config, name, METHODS[name].group, TOO_SLOW))
+                too_slow |= {r.method for r in block if r.status.startswith(TOO_SLOW)}
                 print(format_table(block), flush=True)
                 results += block
     for path in write_outputs(results, args.out):
