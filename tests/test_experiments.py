@@ -357,7 +357,7 @@ def test_slurm_array_script_runs_the_selected_task_and_requeues_it_on_the_warnin
 
 def test_shipped_specs_load_and_expand():
     specs = sweep_module.shipped_specs()
-    assert {"digits_small", "stationary_mnist", "input_permuted_mnist"} <= set(specs)
+    assert {"digits_small", "digits_tanh", "stationary_mnist", "input_permuted_mnist"} <= set(specs)
     assert "label_permuted_emnist" in specs
     for name, path in specs.items():
         spec = sweep_module.load_spec(path)
