@@ -21,7 +21,7 @@ from hesscale.experiments import sweep as sweep_module
 from hesscale.experiments.learners import LEARNERS, Learner
 from hesscale.experiments.logs import read_log
 from hesscale.experiments.networks import NETWORKS, build_network
-from hesscale.experiments.run import RunConfig, train
+from hesscale.experiments.run import RunConfig, run_and_log, train
 from hesscale.experiments.tasks import DatasetNotFoundError, Task
 
 PYTHON_CLI = f"{sys.executable} -m hesscale.cli"
@@ -223,6 +223,37 @@ def test_torchvision_data_and_test_split_evaluation(tmp_path):
     assert "no held-out test split" in log["error"] and "steps_done" not in log
 
 
+class StopAfter:
+    """A stop flag that a scheduler's signal sets after ``n`` steps."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    @property
+    def reason(self) -> str | None:
+        self.n -= 1
+        return "SIGUSR1" if self.n < 0 else None
+
+
+@pytest.mark.parametrize("learner", ["adaggnmc", "adam"])
+def test_a_preempted_run_continues_from_its_checkpoint_exactly(tmp_path, learner):
+    config = RunConfig("digits-input-permuted", "fc_tanh_small", learner, 0.003, steps=23)
+    config.hidden, config.batch_size, config.bin_size, config.change_freq = [8], 4, 5, 7
+    whole = run_and_log(config, tmp_path / "whole.json", progress=False)
+    out = tmp_path / "run.json"
+    first = run_and_log(config, out, progress=False, stop=StopAfter(9))
+    assert first["status"] == "preempted" and first["steps_done"] == 9
+    checkpoint = tmp_path / "run.json.ckpt"
+    assert first["checkpoint"] == str(checkpoint) and checkpoint.is_file()
+    second = run_and_log(config, out, progress=False, stop=StopAfter(8))
+    assert second["steps_done"] == 17 and second["resumed_at_step"] == [9]
+    final = run_and_log(config, out, progress=False)
+    assert final["status"] == "finished" and final["resumed_at_step"] == [9, 17]
+    for key in ("bin_ends", "loss", "accuracy"):  # as if never stopped (adaggnmc draws random
+        assert final[key] == whole[key]  # numbers each step; the stream permutes inputs)
+    assert not checkpoint.exists()
+
+
 def test_nan_loss_is_logged_as_divergence_not_a_crash(tmp_path):
     out = tmp_path / "run.json"
     argv = ["run", "--task", "digits", "--network", "fc_relu_small", "--learner", "sgd"]
@@ -352,7 +383,8 @@ def test_slurm_array_script_runs_the_selected_task_and_requeues_it_on_the_warnin
     assert log["steps_done"] < 10**7 and log["command"][:2] == ["hesscale", "run"]
     capsys.readouterr()
     assert run_cli("sweep", str(tmp_path / "tiny.toml"), "--out-dir", str(out), "--status") == 0
-    assert "1 preempted run(s) will run again" in capsys.readouterr().out
+    assert "1 preempted run(s) will continue from their checkpoints" in capsys.readouterr().out
+    assert (logs[0].parent / "seed_0.json.ckpt").is_file()
 
 
 def test_shipped_specs_load_and_expand():

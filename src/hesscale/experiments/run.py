@@ -3,9 +3,10 @@
 Loss and accuracy are measured online (each batch before the update on it) and averaged over
 bins of ``--bin-size`` steps; ``--eval-every N`` adds loss and accuracy on the held-out test
 split every N steps (and at the end). A NaN or infinite loss ends the run with status
-``diverged``; SIGUSR1/SIGTERM (a scheduler's warning) end it with status ``preempted`` and exit
-code 3, so a job script can requeue it; an exception leaves status ``failed`` with its
-traceback. A run whose log is already complete is skipped unless ``--force``.
+``diverged``; SIGUSR1/SIGTERM (a scheduler's warning) end it with status ``preempted``, a
+checkpoint next to the log (``<log>.ckpt``) and exit code 3, so a job script can requeue it;
+started again, it continues from the checkpoint exactly. An exception leaves status ``failed``
+with its traceback. A run whose log is already complete is skipped unless ``--force``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import ast
 import json
 import math
+import os
 import platform
 import signal
 import sys
@@ -103,11 +105,26 @@ def _resolve_device(device: str):
     return torch.device(device)
 
 
+def _save_atomic(obj: Any, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def train(
-    config: RunConfig, *, progress: bool = True, stop: StopFlag | None = None
+    config: RunConfig,
+    *,
+    progress: bool = True,
+    stop: StopFlag | None = None,
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
     """Run ``config``; return its log (status finished, diverged or preempted).
 
+    With ``checkpoint``, a preempted run saves its whole state there (model, optimizer, data
+    stream, random number generators, log so far), and a run that finds a checkpoint of the
+    same configuration continues from it, with the same result as an uninterrupted run.
     On KeyboardInterrupt the partial log (status ``interrupted``) is attached to the exception
     as ``error.partial_log`` before it propagates.
     """
@@ -162,14 +179,48 @@ def train(
         "test": {"steps": [], "loss": [], "accuracy": []},  # with --eval-every
         "config": asdict(config),
         "version": hesscale.__version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "python_version": platform.python_version(),
         "device": str(device),
         "started_at": _now(),
     }
     start = time.perf_counter()
     loss_sum = correct = seen = n_in_bin = 0
+    first_step, elapsed = 0, 0.0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        same = json.dumps(state["experiment"]) == json.dumps(config.experiment())
+        if not same:
+            print(f"{checkpoint}: made with other settings, starting afresh", file=sys.stderr)
+        else:
+            model.load_state_dict(state["model"])
+            learner.optimizer.load_state_dict(state["optimizer"])
+            task.load_state_dict(state["task"])
+            torch.set_rng_state(state["rng"])
+            if "cuda_rng" in state and device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
+            log, elapsed = state["log"], state["elapsed"]
+            loss_sum, correct, seen, n_in_bin = state["bin"]
+            first_step = log["steps_done"]
+            log["resumed_at_step"] = [*log.get("resumed_at_step", []), first_step]
+
+    def save_checkpoint() -> None:
+        state = {
+            "experiment": config.experiment(),
+            "model": model.state_dict(),
+            "optimizer": learner.optimizer.state_dict(),
+            "task": task.state_dict(),
+            "rng": torch.get_rng_state(),
+            "log": log,
+            "bin": (loss_sum, correct, seen, n_in_bin),
+            "elapsed": elapsed + time.perf_counter() - start,
+        }
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        _save_atomic(state, checkpoint)
+
     bar = tqdm(
+        initial=first_step,
         total=config.steps,
         disable=not progress,
         desc=f"{config.learner} lr={config.lr:g} seed={config.seed}",
@@ -202,9 +253,12 @@ def train(
 
     status = "finished"
     try:
-        for step in range(config.steps):
+        for step in range(first_step, config.steps):
             if stop.reason is not None:
                 status = "preempted"
+                if checkpoint is not None:
+                    save_checkpoint()
+                    log["checkpoint"] = str(checkpoint)
                 log["stopped_by"] = stop.reason
                 break
             x, y = task.next_batch()
@@ -238,12 +292,13 @@ def train(
         if config.eval_every and status == "finished" and log["steps_done"] % config.eval_every:
             evaluate(log["steps_done"])
     except KeyboardInterrupt as error:
-        log.update(status="interrupted", wall_time_s=time.perf_counter() - start)
+        log.update(status="interrupted", wall_time_s=elapsed + time.perf_counter() - start)
         error.partial_log = log  # type: ignore[attr-defined]
         raise
     finally:
         bar.close()
-    log.update(status=status, wall_time_s=time.perf_counter() - start, finished_at=_now())
+    wall_time = elapsed + time.perf_counter() - start
+    log.update(status=status, wall_time_s=wall_time, finished_at=_now())
     return log
 
 
@@ -265,16 +320,22 @@ def run_and_log(
 ) -> dict[str, Any]:
     """Train unless ``out`` already holds a complete log; always leave a log at ``out``.
 
+    A preempted run leaves its checkpoint at ``<out>.ckpt`` and continues from it next time.
     Returns the log, with ``"skipped": True`` when nothing was run.
     """
     from hesscale.experiments.logs import COMPLETE, read_log, write_json_atomic
 
+    out = Path(out)
+    checkpoint = out.with_name(out.name + ".ckpt")
     existing = read_log(out)
     if not force and existing is not None and existing.get("status") in COMPLETE:
         check_existing(config, existing, out)
         return {**existing, "skipped": True}
+    if force:
+        checkpoint.unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        log = train(config, progress=progress, stop=stop)
+        log = train(config, progress=progress, stop=stop, checkpoint=checkpoint)
     except KeyboardInterrupt as error:
         partial = getattr(error, "partial_log", None)
         if partial is not None:
@@ -294,6 +355,8 @@ def run_and_log(
         }
     log["command"] = command
     write_json_atomic(out, log)
+    if log["status"] != "preempted":
+        checkpoint.unlink(missing_ok=True)
     return log
 
 

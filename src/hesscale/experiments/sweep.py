@@ -389,9 +389,11 @@ def report(runs: dict[str, list[PlannedRun]], tracebacks: bool = True) -> str:
     total = sum(len(r) for r in runs.values())
     counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(groups.items()))
     lines = [f"{total} runs: {counts}"]
-    for status in ("preempted", "interrupted"):
-        if groups.get(status):
-            lines.append(f"{len(groups[status])} {status} run(s) will run again on resume.")
+    if groups.get("preempted"):
+        n = len(groups["preempted"])
+        lines.append(f"{n} preempted run(s) will continue from their checkpoints on resume.")
+    if groups.get("interrupted"):
+        lines.append(f"{len(groups['interrupted'])} interrupted run(s) will run again on resume.")
     for planned, log in groups.get("failed", []):
         lines.append(f"FAILED {planned.log}: {log.get('error')}")
         if tracebacks:

@@ -226,6 +226,21 @@ class Task:
             "change_freq": self.change_freq,
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream is: enough to continue it exactly (see ``load_state_dict``)."""
+        return {
+            "generator": self._generator.get_state(),
+            "order": self._order,
+            "position": self._position,
+            "step": self._step,
+            "permutation": self._permutation,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._generator.set_state(state["generator"])
+        self._order, self._position = state["order"], state["position"]
+        self._step, self._permutation = state["step"], state["permutation"]
+
     def _indices(self) -> Tensor:
         chunks, needed = [], self.batch_size
         while needed > 0:
