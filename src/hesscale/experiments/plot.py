@@ -240,13 +240,18 @@ def plot_all(root: str | Path, out_dir: str | Path | None = None) -> list[Path]:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__.split("\n", 1)[1]
-    parser.add_argument("results", help="a sweep's output folder, or any folder of run logs")
+    parser.add_argument(
+        "results", help="a sweep's output folder (or its spec's name), or any folder of run logs"
+    )
     parser.add_argument("--out", default=None, help="where to write (default: RESULTS/plots)")
 
 
 def main(args: argparse.Namespace) -> int:
+    results = Path(args.results)
+    if not results.exists() and (Path("results") / args.results).is_dir():
+        results = Path("results") / args.results  # a spec's name: its default output folder
     try:
-        written = plot_all(args.results, args.out)
+        written = plot_all(results, args.out)
     except FileNotFoundError as error:
         print(f"hesscale plot: {error}", file=sys.stderr)
         return 2
