@@ -69,3 +69,8 @@ def hesscale_by_definition(
                 results[id(p)] = definition_diag(parameter_fn(layer, name, a_in), p, h, g_used)
         h = definition_diag(layer, a_in, h, g_used)
     return results
+
+
+def assert_close(actual: Tensor, expected: Tensor) -> None:
+    """Agreement with an oracle: 1e-10 relative (plus a float64 round-off floor)."""
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-13)

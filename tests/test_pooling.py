@@ -9,19 +9,9 @@ from torch import nn
 from hesscale import HesScale, HesScaleGN
 from hesscale.extensions.pooling import ADAPTORS
 from hesscale.extensions.registry import supported_modules
-from tests.oracle import definition_diag, hesscale_by_definition
+from tests.oracle import assert_close, definition_diag, hesscale_by_definition
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def assert_close(actual, expected):
-    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-13)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 SPATIAL = {1: (9,), 2: (5, 6), 3: (4, 3, 4)}

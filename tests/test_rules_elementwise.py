@@ -6,7 +6,7 @@ from torch import nn
 
 from hesscale.rules import elementwise as ew
 from hesscale.rules.softmax import log_softmax_input, softmax_input
-from tests.oracle import definition_diag
+from tests.oracle import assert_close, definition_diag
 
 ACTIVATIONS = [
     (nn.ReLU(), ew.relu_derivatives),
@@ -24,16 +24,7 @@ ACTIVATIONS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def assert_close(actual, expected):
-    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 @pytest.mark.parametrize("module, derivatives", ACTIVATIONS, ids=lambda a: repr(a)[:40])

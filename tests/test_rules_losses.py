@@ -5,19 +5,9 @@ import torch
 from torch import nn
 
 from hesscale.rules import losses
-from tests.oracle import exact_loss_diag
+from tests.oracle import assert_close, exact_loss_diag
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def assert_close(actual, expected):
-    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-13)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 CE_CASES = [
