@@ -43,6 +43,8 @@ import shlex
 import signal
 import sys
 import tomllib
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -338,37 +340,55 @@ def check_stale(runs: dict[str, list[PlannedRun]]) -> None:
             check_existing(_parse(planned.argv)[0], log, planned.log)
 
 
+def _terminate(executor: ProcessPoolExecutor) -> None:
+    """Stop the workers now; runs in flight leave no log and run again on resume."""
+    terminate = getattr(executor, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((executor._processes or {}).values()):  # private before 3.14
+        process.terminate()
+
+
 def run_local(pending: list[PlannedRun], jobs: int, threads: int, progress: bool) -> bool:
-    """Run ``pending`` here, ``jobs`` at a time. Returns False if interrupted."""
+    """Run ``pending`` here, ``jobs`` at a time. Returns False if stopped early."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(pending), desc="runs", unit="run", disable=not progress)
+
+    def done(status: str) -> None:
+        bar.update()
+        bar.set_postfix_str(f"last: {status}")
+
     try:
         if jobs == 1:
             import torch
 
             torch.set_num_threads(threads)
             for planned in pending:
-                _, status, _ = _execute(planned.argv)
-                bar.update()
-                bar.set_postfix_str(f"last: {status}")
-        else:
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(jobs, initializer=_init_worker, initargs=(threads,)) as pool:
-                try:
-                    for _, status, _ in pool.imap_unordered(_execute, [p.argv for p in pending]):
-                        bar.update()
-                        bar.set_postfix_str(f"last: {status}")
-                except KeyboardInterrupt:
-                    pool.terminate()  # runs in flight leave no log and run again on resume
-                    raise
-                pool.close()
-                pool.join()
+                done(_execute(planned.argv)[1])
+            return True
+        context = multiprocessing.get_context("spawn")
+        executor = ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)
+        )
+        try:
+            futures = [executor.submit(_execute, planned.argv) for planned in pending]
+            for future in as_completed(futures):
+                done(future.result()[1])
+        except KeyboardInterrupt:
+            _terminate(executor)
+            raise
+        except BrokenProcessPool:
+            print("\nA worker process died (out of memory?); run again to resume.", file=sys.stderr)
+            return False
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+        return True
     except KeyboardInterrupt:
         return False
     finally:
         bar.close()
-    return True
 
 
 # status ---------------------------------------------------------------------------------------
@@ -489,6 +509,6 @@ def main(args: argparse.Namespace) -> int:
     finished = run_local(pending, max(1, args.jobs), args.threads, not args.no_progress)
     print(report(runs))
     if not finished:
-        print("Interrupted: run the same command again to resume.", file=sys.stderr)
+        print("Stopped early: run the same command again to resume.", file=sys.stderr)
         return 130
     return 1 if status_of(runs).get("failed") else 0
