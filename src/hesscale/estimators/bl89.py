@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hesscale.extensions.activations import _softmax_dim
+from hesscale.extensions.activations import softmax_dim
 from hesscale.extensions.base import LossAdaptor, ModuleAdaptor, UnsupportedModuleError, describe
 from hesscale.extensions.hesscale import DiagonalBackprop
 from hesscale.rules import elementwise as ew
@@ -49,7 +49,7 @@ class ElementwiseSoftmax(ModuleAdaptor):
 
     def input_diag(self, module, h_out, g_out):
         x = module.input0
-        first, second = ew.sigmoid_derivatives(shifted_logits(x, _softmax_dim(module, x)))
+        first, second = ew.sigmoid_derivatives(shifted_logits(x, softmax_dim(module, x)))
         return ew.elementwise_input(h_out, g_out, first, second)
 
 
@@ -58,7 +58,7 @@ class ElementwiseLogSoftmax(ModuleAdaptor):
 
     def input_diag(self, module, h_out, g_out):
         x = module.input0
-        first, second = ew.logsigmoid_derivatives(shifted_logits(x, _softmax_dim(module, x)))
+        first, second = ew.logsigmoid_derivatives(shifted_logits(x, softmax_dim(module, x)))
         return ew.elementwise_input(h_out, g_out, first, second)
 
 

@@ -30,7 +30,7 @@ class Elementwise(ModuleAdaptor):
         return ew.elementwise_input(h_out, g_out, first, second)
 
 
-def _softmax_dim(module: nn.Module, x: Tensor) -> int:
+def softmax_dim(module: nn.Module, x: Tensor) -> int:
     """torch's rule for dim=None (legacy implicit dimension)."""
     if module.dim is not None:
         return module.dim
@@ -44,7 +44,7 @@ class ReLU(ModuleAdaptor):
 
 class Softmax(ModuleAdaptor):
     def input_diag(self, module, h_out, g_out):
-        dim = _softmax_dim(module, module.input0)
+        dim = softmax_dim(module, module.input0)
         return softmax_input(module.output, h_out, g_out, dim)
 
 
@@ -54,7 +54,7 @@ class LogSoftmax(ModuleAdaptor):
     keeps_second_order = True
 
     def input_diag(self, module, h_out, g_out):
-        dim = _softmax_dim(module, module.input0)
+        dim = softmax_dim(module, module.input0)
         return log_softmax_input(module.output.exp(), h_out, g_out, dim)
 
 
