@@ -188,8 +188,10 @@ def train(
     loss_sum = correct = seen = n_in_bin = 0
     first_step, elapsed = 0, 0.0
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        same = json.dumps(state["experiment"]) == json.dumps(config.experiment())
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        same = json.dumps(state["experiment"], sort_keys=True) == json.dumps(
+            config.experiment(), sort_keys=True
+        )
         if not same:
             print(f"{checkpoint}: made with other settings, starting afresh", file=sys.stderr)
         else:
