@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from backpack import extend
 
 from hesscale import cli
 from hesscale.experiments import sweep as sweep_module
@@ -141,6 +142,20 @@ def test_network_sizes():
     assert count == {"mnist_2c2d": 3274634, "cifar10_3c3d": 895210, "cifar100_allcnnc": 1387108}
     with pytest.raises(ValueError, match="small_cnn"):
         build_network("resnet", (1, 8, 8), 10)
+
+
+@pytest.mark.parametrize("name", ["mnist_2c2d", "cifar10_3c3d", "cifar100_allcnnc"])
+def test_deepobs_networks_take_an_adahesscale_step(name):
+    shape = (1, 28, 28) if name.startswith("mnist") else (3, 32, 32)
+    torch.manual_seed(0)
+    net = build_network(name, shape, 10)
+    learner = Learner("adahesscale", net.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in net.parameters()]
+    net, loss_fn = extend(net), extend(torch.nn.CrossEntropyLoss())
+    learner.step(loss_fn(net(torch.randn(2, *shape)), torch.tensor([1, 2])))
+    after = list(net.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert all(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
 
 
 def test_learner_options_and_errors():
