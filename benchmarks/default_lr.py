@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -80,7 +79,6 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     data = digits_splits()
     runs = [("AdaHesScale", lr) for lr in args.lrs] + [("Adam", 1e-3)]
     print(

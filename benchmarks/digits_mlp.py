@@ -15,7 +15,6 @@ import argparse
 import json
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -118,7 +117,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write all results as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     data = digits_splits()
 
     jobs = [

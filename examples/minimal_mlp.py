@@ -32,3 +32,12 @@ with backpack(optimizer.method):
     loss.backward()
 
 optimizer.step()
+
+# Beyond the original example: a few more steps on the same batch, printing the loss.
+for step in range(5):
+    optimizer.zero_grad()
+    loss = loss_func(model(inputs), target_class)
+    with backpack(optimizer.method):
+        loss.backward()
+    optimizer.step()
+    print(f"step {step + 1}: loss {loss.item():.4f}")

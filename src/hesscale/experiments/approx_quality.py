@@ -344,8 +344,6 @@ def run_study(config: StudyConfig, out: Path, progress: bool = True) -> dict:
             disable=not progress,
         ) as bar,
     ):
-        # BackPACK's hooks on the first layer, whose input needs no gradient
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         errors = np.stack([run_seed(seed, config, methods, bar) for seed in range(config.seeds)])
     seconds = time.perf_counter() - start
     rows = summarise(errors, methods, layer_names)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -106,9 +105,7 @@ class Learner:
         if self.method is not None:
             from backpack import backpack
 
-            with backpack(self.method), warnings.catch_warnings():
-                # BackPACK's hook on a first layer whose input needs no gradient: harmless
-                warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
+            with backpack(self.method):
                 loss.backward(create_graph=self.create_graph)
         else:
             loss.backward(create_graph=self.create_graph)
