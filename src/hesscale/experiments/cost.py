@@ -7,11 +7,14 @@ Protocol (one process, one configuration at a time):
   reference, "forward+backward", is the model as a user has it: not extended by BackPACK.
 * Warm-up: each method runs ``warmup`` steps. A method whose first step raises (e.g. a module
   it does not support) or takes longer than ``max_step_seconds`` is reported as skipped, with
-  the reason, and leaves the comparison.
+  the reason, and leaves the comparison (in a width sweep also at the larger widths).
 * Timing: ``repeats`` rounds; in each round every method runs one step, in an order that
   rotates from round to round, so that slow drifts of the machine (other processes, clocks)
   hit all methods alike. Reported: the median step time and its ratio to the reference's
-  median; the spread is the inter-quartile range over the median.
+  median; the spread is the inter-quartile range over the median. The clock is wall time
+  (CUDA synchronised before and after each step), or with ``clock="cpu"`` the process's CPU
+  time, which a shared machine disturbs less (one CPU thread only: with more, threads that
+  spin while waiting would count).
 * Memory: after timing, one more step per method with everything the previous step left
   (gradients, curvature fields on the parameters) removed first. Peak = the bytes resident
   before the step (parameters, buffers, the batch, optimizer state) + the largest amount of
@@ -539,14 +542,18 @@ def plot(results: list[Result], path: Path) -> Path:
                 )
                 if points:
                     style = "-" if METHODS[method].group != "optimizer step" else ":"
-                    ax.plot(*zip(*points, strict=True), style, marker="o", label=method)
+                    color = plt.get_cmap("tab20")(methods.index(method) % 20)
+                    ax.plot(
+                        *zip(*points, strict=True), style, marker="o", color=color, label=method
+                    )
             if ax.lines:
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
                 ax.set_xticks(sorted({r.config.width for r in results}))
+                ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.yaxis.set_minor_formatter(ticker.NullFormatter())
                 for axis in (ax.xaxis, ax.yaxis):
                     axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-                ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
             else:
                 ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
             ax.set_xlabel("width")
