@@ -76,6 +76,18 @@ NETWORKS = {
         (3,),
         lambda n: classes(n, 4),
     ),
+    "ce-probability-targets-weighted": (
+        lambda: [nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)],
+        lambda: nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5]), label_smoothing=0.2),
+        (3,),
+        lambda n: torch.softmax(torch.randn(n, 3), 1),
+    ),
+    "ce-per-position-ignore-index": (
+        lambda: [nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 3), nn.Unflatten(1, (3, 1))],
+        lambda: nn.CrossEntropyLoss(ignore_index=1),
+        (3,),
+        lambda n: classes(n, 3).view(n, 1),
+    ),
     "softmax-mse": (
         lambda: [nn.Linear(3, 4), nn.Softmax(dim=1), nn.Linear(4, 2)],
         lambda: nn.MSELoss(),
