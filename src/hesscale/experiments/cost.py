@@ -664,17 +664,15 @@ def main(args: argparse.Namespace) -> int:
                     args.dtype,
                     args.clock,
                 )
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                    block = measure(
-                        config,
-                        [m for m in methods if m not in too_slow],
-                        args.repeats,
-                        args.warmup,
-                        args.max_step_seconds,
-                        not args.no_memory,
-                        not args.quiet,
-                    )
+                block = measure(
+                    config,
+                    [m for m in methods if m not in too_slow],
+                    args.repeats,
+                    args.warmup,
+                    args.max_step_seconds,
+                    not args.no_memory,
+                    not args.quiet,
+                )
                 for name in too_slow:
                     block.append(Result(config, name, METHODS[name].group, TOO_SLOW))
                 too_slow |= {r.method for r in block if r.status.startswith(TOO_SLOW)}
