@@ -149,6 +149,23 @@ def test_unbatched_inputs_and_return_indices(module, shape):
     assert_close(rule_input_diag(module, x, h_out, None), definition_diag(values, x, h_out, None))
 
 
+MAX_CASES = [c for c in CASES if "Max" in c[0].__name__]
+
+
+@pytest.mark.parametrize("case", MAX_CASES, ids=[case_id(c) for c in MAX_CASES])
+@pytest.mark.parametrize("batched", [True, False])
+def test_max_pools_pick_the_forward_maximum_among_ties_and_nans(case, batched):
+    """Windows with several equal maxima (ReLU zeros) or NaNs: h_z goes where the gradient goes."""
+    cls, n, kwargs = case
+    torch.manual_seed(4)
+    module = cls(**kwargs)
+    x = torch.randint(-1, 2, (3, 2, *SPATIAL[n])).double().relu()
+    x.view(-1)[::7] = float("nan")
+    x = x if batched else x[0]
+    h_out = torch.rand_like(module(x)) + 1  # positive: a wrong choice cannot cancel
+    assert_close(rule_input_diag(module, x, h_out, None), definition_diag(module, x, h_out, None))
+
+
 def test_all_pools_are_registered():
     for cls in ADAPTORS:
         assert cls.__name__ in supported_modules()

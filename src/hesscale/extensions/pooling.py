@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _ntuple
@@ -16,19 +17,17 @@ class MaxPool(ModuleAdaptor):
     def __init__(self, spatial_dims: int) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
-        self.pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[spatial_dims - 1]
 
     def indices(self, module: nn.Module, x: Tensor) -> Tensor:
         """The positions of the maxima, recomputed exactly as the forward pass chose them."""
-        return self.pool(
-            x,
-            module.kernel_size,
-            module.stride,
-            module.padding,
-            module.dilation,
-            ceil_mode=module.ceil_mode,
-            return_indices=True,
-        )[1]
+        n = self.spatial_dims
+        names = ("kernel_size", "stride", "padding", "dilation")
+        args = [_ntuple(n)(getattr(module, name)) for name in names]
+        if n == 1:  # as 2-d pooling of height 1, like torch's own 1-d max pool
+            args = [(neutral, *a) for neutral, a in zip((1, 1, 0, 1), args, strict=True)]
+        pool = F.max_pool3d if n == 3 else F.max_pool2d
+        x = _fast_layout(x, n)
+        return pool(x, *args, ceil_mode=module.ceil_mode, return_indices=True)[1]
 
     def input_diag(self, module, h_out, g_out):
         x = module.input0
@@ -37,9 +36,28 @@ class MaxPool(ModuleAdaptor):
 
 class AdaptiveMaxPool(MaxPool):
     def indices(self, module: nn.Module, x: Tensor) -> Tensor:
-        pool = (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
-        output_size = module.output.shape[-self.spatial_dims :]  # resolves None entries
-        return pool[self.spatial_dims - 1](x, output_size, return_indices=True)[1]
+        n = self.spatial_dims
+        output_size = tuple(module.output.shape[-n:])  # resolves None entries
+        if n == 1:
+            output_size = (1, *output_size)
+        pool = F.adaptive_max_pool3d if n == 3 else F.adaptive_max_pool2d
+        return pool(_fast_layout(x, n), output_size, return_indices=True)[1]
+
+
+def _fast_layout(x: Tensor, spatial_dims: int) -> Tensor:
+    """x as (N, C, *spatial) for 2-d or 3-d pooling (1-d: height 1), channels-last on the CPU.
+
+    torch's CPU max pools are several times faster in channels-last memory; the indices they
+    return (flat positions within each plane, in the output's shape up to the lifts) and their
+    choice among ties and NaNs do not depend on the layout.
+    """
+    x = x.reshape(-1, *x.shape[-spatial_dims - 1 :])  # unbatched -> batch of one
+    if spatial_dims == 1:
+        x = x.unsqueeze(-2)
+    if x.device.type != "cpu":
+        return x
+    layout = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+    return x.contiguous(memory_format=layout)
 
 
 class AvgPool(ModuleAdaptor):

@@ -32,8 +32,9 @@ Ints = tuple[int, ...]
 def max_pool_input(h_out: Tensor, indices: Tensor, input_shape: Ints, spatial_dims: int) -> Tensor:
     """h_x[i] = sum of h_z[k] over the outputs k whose maximum is input i.
 
-    ``indices`` are torch's ``return_indices`` (output's shape): flat positions of the maxima
-    within each input plane, a plane being the last ``spatial_dims`` dims of ``input_shape``.
+    ``indices`` are torch's ``return_indices`` (the output's elements, in any shape or memory
+    layout): flat positions of the maxima within each input plane, a plane being the last
+    ``spatial_dims`` dims of ``input_shape``.
     """
     planes = math.prod(input_shape[: len(input_shape) - spatial_dims])
     h_in = h_out.new_zeros(planes, math.prod(input_shape[len(input_shape) - spatial_dims :]))
