@@ -116,7 +116,7 @@ def group_step(
         _, us, k_hats = zip(*pending, strict=True)
         scale = trust_region_scale(list(us), list(k_hats), delta, max_scale)
         for p, u, _ in pending:
-            p.sub_(u.mul_(scale))
+            p.addcmul_(u, scale, value=-1)  # p -= s * u
 
 
 def trust_region_scale(
