@@ -127,3 +127,42 @@ def test_reshape_between_modules_is_fine_and_custom_containers_pass_through():
     backward(model, extend(nn.MSELoss()), torch.randn(5, 3), torch.randn(5, 2, 1))
     assert model.first.weight.hesscale.shape == (4, 3)
     assert model.first.weight.hesscale.abs().sum() > 0
+
+
+def test_an_interrupted_backward_leaves_nothing_behind():
+    """After an error mid-backward, the same extension instance must still check completeness
+    (and must not reuse quantities the interrupted pass left behind)."""
+    extension = HesScale()
+    loss_fn = extend(nn.CrossEntropyLoss())
+    bad = extend(nn.Sequential(nn.Linear(3, 4), nn.PReLU(), nn.Linear(4, 2)))
+    with pytest.raises(UnsupportedModuleError):
+        backward(bad, loss_fn, X, Y, extension)
+    half_extended = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), extend(nn.Linear(4, 2)))
+    with pytest.raises(HesScaleError, match="not extended"):
+        backward(half_extended, loss_fn, X, Y, extension)
+    good = extend(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)))
+    backward(good, loss_fn, X, Y, extension)
+    assert extension.saved_quantities._saved_quantities == {}
+    reused = [p.hesscale.clone() for p in good.parameters()]
+    backward(good, loss_fn, X, Y, HesScale())
+    for p, expected in zip(good.parameters(), reused, strict=True):
+        torch.testing.assert_close(p.hesscale, expected)
+
+
+def test_two_losses_in_one_backward_each_start_the_recursion():
+    """Two heads, two losses, one backward: the shared trunk collects both diagonals."""
+    torch.manual_seed(1)
+    trunk, head_a, head_b = (extend(nn.Linear(*shape)) for shape in [(3, 4), (4, 2), (4, 2)])
+    ce, mse = extend(nn.CrossEntropyLoss()), extend(nn.MSELoss())
+    target = torch.randn(4, 2)
+    features = trunk(X)
+    with backpack(HesScale()):
+        (ce(head_a(features), Y) + mse(head_b(features), target)).backward()
+    together = trunk.weight.hesscale.clone()
+    separate = []
+    for head, loss, y in [(head_a, ce, Y), (head_b, mse, target)]:
+        with backpack(HesScale()):
+            loss(head(trunk(X)), y).backward()
+        separate.append(trunk.weight.hesscale.clone())
+    assert separate[0].abs().sum() > 0 and separate[1].abs().sum() > 0
+    torch.testing.assert_close(together, separate[0] + separate[1])

@@ -41,7 +41,8 @@ class DiagonalBackprop(BackpropExtension):
     def __init__(self, savefield: str) -> None:
         super().__init__(savefield=savefield, module_exts={}, fail_mode=FAIL_ERROR)
         self._layouts: dict[int, tuple[torch.Size, tuple[int, ...]]] = {}
-        self._expected: list[nn.Parameter] | None = None
+        self._expected: list[nn.Parameter] = []
+        self._backward_pass: int | None = None  # autograd's id of the pass being served
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -107,20 +108,31 @@ class DiagonalBackprop(BackpropExtension):
         setattr(param, self.savefield, h if previous is None else previous + h)
 
     def start_backward(self, loss: Tensor) -> None:
-        """Called by each loss: forget stale results and check completeness at the end."""
+        """Called by each loss: forget stale results and check completeness at the end.
+
+        A backward pass that was interrupted (an error in any hook) never reaches its end, so
+        whatever it left behind is dropped when the next pass starts here.
+        """
+        backward_pass = torch._C._current_graph_task_id()
+        if backward_pass != self._backward_pass:
+            self._reset()
+            self._backward_pass = backward_pass
+            torch.autograd.Variable._execution_engine.queue_callback(self._finish_backward)
         expected = _graph_parameters(loss)
         for param in expected:
             if hasattr(param, self.savefield):
                 delattr(param, self.savefield)
-        if self._expected is None:
-            self._expected = []
-            torch.autograd.Variable._execution_engine.queue_callback(self._finish_backward)
         self._expected.extend(expected)
 
-    def _finish_backward(self) -> None:
-        expected, self._expected = self._expected or [], None
+    def _reset(self) -> None:
+        self._expected = []
+        self._backward_pass = None
         self._layouts.clear()
         self.saved_quantities._saved_quantities.clear()
+
+    def _finish_backward(self) -> None:
+        expected = self._expected
+        self._reset()
         missing = [p for p in expected if not hasattr(p, self.savefield)]
         if missing:
             shapes = ", ".join(str(tuple(p.shape)) for p in missing[:5])
