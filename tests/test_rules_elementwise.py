@@ -9,10 +9,10 @@ from hesscale.rules.softmax import log_softmax_input, softmax_input
 from tests.oracle import assert_close, definition_diag
 
 ACTIVATIONS = [
-    (nn.ReLU(), ew.relu_derivatives),
     (nn.LeakyReLU(0.07), lambda x: ew.leaky_relu_derivatives(x, 0.07)),
     (nn.Sigmoid(), ew.sigmoid_derivatives),
-    (nn.Tanh(), ew.tanh_derivatives),
+    (nn.Sigmoid(), lambda x: ew.sigmoid_derivatives_from_output(torch.sigmoid(x))),
+    (nn.Tanh(), lambda x: ew.tanh_derivatives_from_output(torch.tanh(x))),
     (nn.ELU(alpha=0.7), lambda x: ew.elu_derivatives(x, 0.7)),
     (nn.SELU(), ew.selu_derivatives),
     (nn.Softplus(), lambda x: ew.softplus_derivatives(x, 1.0, 20.0)),
@@ -37,6 +37,30 @@ def test_elementwise_rule_matches_definition(module, derivatives, shape, gauss_n
     g = None if gauss_newton else g_out
     rule = ew.elementwise_input(h_out, g, *derivatives(x))
     assert_close(rule, definition_diag(module, x, h_out, g))
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (3, 2, 4)])
+@pytest.mark.parametrize("gauss_newton", [False, True])
+def test_relu_rule_matches_definition_from_input_or_output(shape, gauss_newton):
+    torch.manual_seed(0)
+    x = 2.5 * torch.randn(shape)
+    h_out, g_out = torch.randn(shape), torch.randn(shape)
+    expected = definition_diag(torch.relu, x, h_out, None if gauss_newton else g_out)
+    torch.testing.assert_close(ew.relu_input(h_out, torch.relu(x)), expected, rtol=0, atol=0)
+    torch.testing.assert_close(ew.relu_input(h_out, x), expected, rtol=0, atol=0)
+
+
+def test_elementwise_rule_broadcasts_and_takes_a_constant_second_derivative():
+    """A scalar-like first derivative broadcasts against h_z; a float sigma'' is added as is."""
+    torch.manual_seed(0)
+    h_out, g_out = torch.rand(3, 5), torch.randn(3, 5)
+    first = torch.full((1, 5), 0.5)
+    h = ew.elementwise_input(h_out, g_out, first, 3.0)
+    assert_close(h, 0.25 * h_out + 3.0 * g_out)
+    assert h.shape == h_out.shape
+    h_out_before = h_out.clone()
+    ew.elementwise_input(h_out, g_out, torch.ones(3, 5), torch.ones(3, 5))
+    torch.testing.assert_close(h_out, h_out_before, rtol=0, atol=0)  # inputs are not modified
 
 
 def test_gelu_rejects_unknown_approximation():

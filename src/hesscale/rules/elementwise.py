@@ -31,15 +31,10 @@ def elementwise_input(
 
 def relu_input(h_out: Tensor, x: Tensor) -> Tensor:
     """ReLU (sigma' = 1[x > 0], so sigma'^2 = sigma'; sigma'' = 0): h_x = h_z * 1[x > 0] in
-    both variants. ``x`` may also be the output relu(x) (positive exactly where x is). The same
-    as ``elementwise_input`` with ``relu_derivatives``, in one pass: ATen's kernel for ReLU's
-    backward, which keeps its first argument where the second exceeds the threshold 0."""
+    both variants. ``x`` may also be the output relu(x) (positive exactly where x is). One pass:
+    ATen's kernel for ReLU's backward, which keeps its first argument where the second exceeds
+    the threshold 0."""
     return torch.ops.aten.threshold_backward(h_out, x, 0)
-
-
-def relu_derivatives(x: Tensor) -> Derivatives:
-    """relu(x) = max(x, 0): sigma' = 1[x > 0], sigma'' = 0."""
-    return (x > 0).to(x.dtype), 0.0
 
 
 def leaky_relu_derivatives(x: Tensor, negative_slope: float) -> Derivatives:
@@ -59,13 +54,8 @@ def sigmoid_derivatives_from_output(s: Tensor) -> Derivatives:
     return first, first - 2 * s * first
 
 
-def tanh_derivatives(x: Tensor) -> Derivatives:
-    """t = tanh(x): sigma' = 1 - t^2, sigma'' = -2t(1 - t^2)."""
-    return tanh_derivatives_from_output(torch.tanh(x))
-
-
 def tanh_derivatives_from_output(t: Tensor) -> Derivatives:
-    """The same from the output t = tanh(x), which the forward pass already computed."""
+    """From the output t = tanh(x): sigma' = 1 - t^2, sigma'' = -2t(1 - t^2)."""
     first = 1 - t.square()
     return first, -2 * t * first
 
