@@ -1,6 +1,6 @@
 """The BackPACK adaptor: HesScale and HesScaleGN extensions dispatching to hesscale.rules."""
 
-from hesscale.extensions.base import HesScaleError, UnsupportedModuleError
+from hesscale.errors import HesScaleError, UnsupportedModuleError
 from hesscale.extensions.hesscale import HesScale, HesScaleGN
 from hesscale.extensions.registry import supported_modules
 

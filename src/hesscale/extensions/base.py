@@ -8,16 +8,10 @@ import torch
 from backpack.extensions.module_extension import ModuleExtension
 from torch import Tensor, nn
 
+from hesscale.errors import HesScaleError, UnsupportedModuleError
+
 if TYPE_CHECKING:
     from hesscale.extensions.hesscale import DiagonalBackprop
-
-
-class HesScaleError(RuntimeError):
-    """A model, loss or call that HesScale cannot handle correctly."""
-
-
-class UnsupportedModuleError(HesScaleError, NotImplementedError):
-    """A module type (or configuration) without a HesScale rule."""
 
 
 def describe(module: nn.Module) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hesscale.extensions.base import HesScaleError
+from hesscale.errors import HesScaleError
 from hesscale.optim.base import DiagonalAdam, ParamsT, adam_defaults
 
 

@@ -17,7 +17,7 @@ from backpack import backpack
 from backpack.extensions.backprop_extension import BackpropExtension
 from torch import Tensor
 
-from hesscale.extensions.base import HesScaleError
+from hesscale.errors import HesScaleError
 from hesscale.optim import update
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
