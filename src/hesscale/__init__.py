@@ -2,6 +2,8 @@
 
 import warnings
 
+from hesscale.engine import backward, supported_operations
+from hesscale.errors import UnsupportedOperationError
 from hesscale.extensions import (
     HesScale,
     HesScaleError,
@@ -21,6 +23,9 @@ warnings.filterwarnings(
 __version__ = "0.1.0"
 
 __all__ = [
+    "backward",
+    "supported_operations",
+    "UnsupportedOperationError",
     "HesScale",
     "HesScaleGN",
     "HesScaleError",
