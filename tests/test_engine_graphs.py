@@ -90,6 +90,18 @@ def batched_linear(p, x, y):
     return F.cross_entropy(out, y), (out,)
 
 
+def in_place(p, x, y):
+    """In-place activations and views, as models write them."""
+    h = F.linear(x, p["w0"], p["b0"])
+    h = F.elu(h, 0.5, inplace=True)
+    h = F.leaky_relu(F.linear(h, p["w1"], p["b1"]), 0.2, inplace=True)
+    h = h * torch.relu_(F.linear(h, p["w2"]))
+    h += 1.0  # the product saved its inputs, not its output: this is allowed
+    h.unsqueeze_(0).transpose_(0, 1)
+    out = F.linear(h.squeeze(1), p["w3"], p["b3"])
+    return F.cross_entropy(out, y), (out,)
+
+
 def dtype_change(p, x, y):
     h = torch.tanh(F.linear(x, p["w0"], p["b0"])).float().double()
     out = F.linear(h, p["w1"], p["b1"])
@@ -109,6 +121,14 @@ GRAPHS = {
     "residual": (residual, lambda: mlp_params(4, 4, 4, 3), (4,), labels),
     "probability-targets": (probability_targets, lambda: mlp_params(4, 5, 3), (4,), noise),
     "mse-tanh-head": (mse_tanh_head, lambda: mlp_params(3, 4, 2), (3,), lambda n: r(n, 2)),
+    "in-place": (
+        in_place,
+        lambda: {
+            "w0": r(4, 4), "b0": r(4), "w1": r(4, 4), "b1": r(4), "w2": r(4, 4),
+            "w3": r(3, 4), "b3": r(3),
+        },
+        (4,), labels,
+    ),
     "batched-linear": (
         batched_linear, lambda: {"w0": r(4, 3), "b0": r(4), "w1": r(3, 4), "b1": r(3)}, (5, 3),
         lambda n: torch.randint(0, 3, (n,)),

@@ -31,7 +31,6 @@ ZERO_ONE_JACOBIAN = (
     "SqueezeBackward2",
     "ExpandBackward0",
     "CloneBackward0",
-    "ContiguousBackward0",
     "AsStridedBackward0",
     "DiagonalBackward0",
     "UnfoldBackward0",
