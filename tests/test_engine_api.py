@@ -76,7 +76,9 @@ def test_both_variants_in_one_pass_equal_separate_passes():
     model, (x, y) = mlp(), data()
     hesscale.backward(F.cross_entropy(model(x), y), gn="both")
     both = [(p.hesscale.clone(), p.hesscale_gn.clone()) for p in model.parameters()]
+    model.zero_grad()
     hesscale.backward(F.cross_entropy(model(x), y))
+    model.zero_grad()
     hesscale.backward(F.cross_entropy(model(x), y), gn=True)
     for p, (h, h_gn) in zip(model.parameters(), both, strict=True):
         assert_close(p.hesscale, h)
@@ -137,6 +139,7 @@ def test_gn_asks_for_the_output_when_the_loss_is_hand_written():
     out = model(x)
     hesscale.backward(((out - target) ** 2).mean(), gn=True, output=out)
     gn_hand = [p.hesscale_gn.clone() for p in model.parameters()]
+    model.zero_grad()
     hesscale.backward(F.mse_loss(model(x), target), gn=True)
     for p, h in zip(model.parameters(), gn_hand, strict=True):
         assert_close(p.hesscale_gn, h)
@@ -194,3 +197,33 @@ def test_supported_operations_lists_families():
     families = hesscale.supported_operations()
     assert "AddmmBackward0" in families["linear_algebra"]
     assert "CumsumBackward0" not in {n for names in families.values() for n in names}
+
+
+def test_diagonals_accumulate_like_gradients_and_restart_after_zero_grad():
+    torch.manual_seed(7)
+    model = mlp()
+    (x1, y1), (x2, y2) = data(), data()
+    hesscale.backward(F.cross_entropy(model(x1), y1, reduction="sum"))
+    hesscale.backward(F.cross_entropy(model(x2), y2, reduction="sum"))
+    accumulated = [(p.grad.clone(), p.hesscale.clone()) for p in model.parameters()]
+    for set_to_none in (True, False):
+        model.zero_grad(set_to_none=set_to_none)
+        x, y = torch.cat([x1, x2]), torch.cat([y1, y2])
+        hesscale.backward(F.cross_entropy(model(x), y, reduction="sum"))
+        for p, (grad, h) in zip(model.parameters(), accumulated, strict=True):
+            torch.testing.assert_close(p.grad, grad, rtol=1e-12, atol=1e-14)
+            assert_close(p.hesscale, h)
+
+
+def test_a_plain_backward_in_between_restarts_the_diagonal():
+    """The diagonal never silently pairs with a gradient it does not describe: after a plain
+    loss.backward() changed p.grad, the next pass does not add to the old diagonal."""
+    torch.manual_seed(8)
+    model, (x, y) = mlp(), data()
+    hesscale.backward(F.cross_entropy(model(x), y))
+    F.cross_entropy(model(x), y).backward()
+    hesscale.backward(F.cross_entropy(model(x), y))
+    single = model[0].weight.hesscale.clone()
+    model.zero_grad()
+    hesscale.backward(F.cross_entropy(model(x), y))
+    assert_close(single, model[0].weight.hesscale)

@@ -68,3 +68,11 @@ def test_forward_traceback_under_anomaly_mode():
         with torch.autograd.detect_anomaly(check_nan=False):
             y = x * 2
     assert "test_internals.py" in internals.forward_traceback(y.grad_fn)
+
+
+def test_grad_stamp_changes_with_in_place_updates():
+    g = torch.zeros(3)
+    stamp = internals.grad_stamp(g)
+    assert internals.grad_stamp(g) == stamp
+    g.add_(1)
+    assert internals.grad_stamp(g) != stamp

@@ -20,6 +20,7 @@ from hesscale.engine import graph as graphs
 from hesscale.engine.call import NodeCall
 from hesscale.engine.registry import RULES
 from hesscale.errors import HesScaleError
+from hesscale.internals import grad_stamp
 
 Node = torch.autograd.graph.Node
 Variant = Literal["hesscale", "hesscale_gn"]
@@ -72,6 +73,10 @@ class DiagonalBackward:
         return graphs.below(self.graph, starts)
 
     def run(self, inputs: Sequence[Tensor] | None, retain_graph: bool | None) -> None:
+        self.accumulates = [
+            {id(leaf) for leaf in self.graph.leaves.values() if _continues(leaf, variant)}
+            for variant in self.variants
+        ]
         handles = [node.register_hook(self._hook_for(node)) for node in self.graph.edges]
         try:
             torch.autograd.backward(self.loss, inputs=inputs, retain_graph=retain_graph)
@@ -112,13 +117,27 @@ class DiagonalBackward:
     # results -------------------------------------------------------------------------------
 
     def _write_leaves(self) -> None:
-        for variant, store in zip(self.variants, self.leaf_diagonals, strict=True):
-            for leaf, h in store.values():
-                if h is None:
-                    h = torch.zeros_like(leaf)
-                else:
-                    h = h.to(leaf.dtype)
+        """Set ``leaf.<variant>``, summed into the previous value exactly when the gradient
+        sums into the previous ``leaf.grad`` (see ``_continues``)."""
+        for v, variant in enumerate(self.variants):
+            for key, (leaf, h) in self.leaf_diagonals[v].items():
+                h = torch.zeros_like(leaf) if h is None else h.to(leaf.dtype)
+                if key in self.accumulates[v]:
+                    h = getattr(leaf, variant) + h
+                if leaf.grad is not None:
+                    h._hesscale_grad_stamp = grad_stamp(leaf.grad)
                 setattr(leaf, variant, h)
+
+
+def _continues(leaf: Tensor, variant: str) -> bool:
+    """Whether this pass adds to ``leaf.<variant>``: it was written together with the gradient
+    ``leaf.grad`` holds now (same tensor, unchanged since), so both accumulate. After
+    ``zero_grad()`` (set to None, or zeroed in place) or any other change of the gradient the
+    diagonal starts afresh."""
+    previous = getattr(leaf, variant, None)
+    if previous is None or leaf.grad is None:
+        return False
+    return getattr(previous, "_hesscale_grad_stamp", None) == grad_stamp(leaf.grad)
 
 
 def _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order: bool) -> list:
@@ -194,7 +213,9 @@ def backward(
 
     Afterwards each parameter (each leaf that requires grad) the loss depends on holds
     ``p.grad``, exactly as after ``loss.backward()``, and ``p.hesscale`` (``gn=True``:
-    ``p.hesscale_gn``; ``gn='both'``: both), same shape and dtype as ``p``.
+    ``p.hesscale_gn``; ``gn='both'``: both), same shape and dtype as ``p``. Like the gradient,
+    the diagonal accumulates over several backward passes (gradient accumulation) and starts
+    afresh after ``zero_grad()``.
 
     For every operation z = f(x_1, ..., x_m) of the recorded graph, with h the diagonal and g
     the gradient w.r.t. z, each input x_i receives

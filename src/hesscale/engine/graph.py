@@ -104,7 +104,8 @@ LOSS_KERNELS = frozenset(
 NLL_KERNELS = frozenset({"NllLossBackward0", "NllLoss2DBackward0"})
 RESHAPES = frozenset(
     {"ViewBackward0", "UnsafeViewBackward0", "SqueezeBackward0", "SqueezeBackward1",
-     "UnsqueezeBackward0", "TransposeBackward0", "PermuteBackward0"}
+     "UnsqueezeBackward0", "TransposeBackward0", "PermuteBackward0",
+     "BackwardHookFunctionBackward"}
 )  # fmt: skip
 LOG_SOFTMAX = "LogSoftmaxBackward0"
 
@@ -135,6 +136,7 @@ LOSS_COMBINERS = frozenset(
         "SqueezeBackward1",
         "UnsqueezeBackward0",
         "ToCopyBackward0",
+        "BackwardHookFunctionBackward",
     }
 )
 

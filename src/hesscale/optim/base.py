@@ -176,13 +176,19 @@ class DiagonalAdam(torch.optim.Optimizer):
 
 
 class ExtensionAdam(DiagonalAdam):
-    """DiagonalAdam reading the diagonal that a BackPACK extension left in ``p.<savefield>``.
+    """DiagonalAdam reading the diagonal left in ``p.<savefield>`` by a backward pass.
 
-    ``self.method`` is the extension instance; run ``with backpack(opt.method): loss.backward()``
-    before each ``step()``, or pass ``step()`` a closure that returns the loss.
+    ``self.method`` is the BackPACK extension that computes it for extended models; subclasses
+    may compute it otherwise in ``_backward`` (AdaHesScale: ``hesscale.backward``).
+    ``zero_grad()`` clears the diagonals with the gradients.
     """
 
     savefield: str
+    how_to_backward = (
+        "Run the backward pass under the optimizer's extension, `with backpack(opt.method): "
+        "loss.backward()` (after backpack.extend(model) and extend(loss_fn)), before every "
+        "step(), or call opt.step(closure) with a closure that returns the loss."
+    )
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any], method: BackpropExtension):
         self.method = method
@@ -192,13 +198,16 @@ class ExtensionAdam(DiagonalAdam):
         with backpack(self.method):
             loss.backward()
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients (as torch.optim does) and drop the diagonals with them."""
+        super().zero_grad(set_to_none=set_to_none)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if hasattr(p, self.savefield):
+                    delattr(p, self.savefield)
+
     def _diagonals(self, params: list[Tensor]) -> list[Tensor]:
-        name, field = type(self).__name__, self.savefield
-        how = (
-            "Run the backward pass under the optimizer's extension, `with backpack(opt.method): "
-            "loss.backward()` (after backpack.extend(model) and extend(loss_fn)), before every "
-            "step(), or call opt.step(closure) with a closure that returns the loss."
-        )
+        name, field, how = type(self).__name__, self.savefield, self.how_to_backward
         diagonals = []
         for p in params:
             h = getattr(p, field, None)
