@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hesscale
+from hesscale.engine.backward import autograd_backward
 from hesscale.errors import HesScaleError, UnsupportedOperationError
 from tests.oracle import assert_close, exact_loss_diag
 
@@ -227,3 +228,49 @@ def test_a_plain_backward_in_between_restarts_the_diagonal():
     model.zero_grad()
     hesscale.backward(F.cross_entropy(model(x), y))
     assert_close(single, model[0].weight.hesscale)
+
+
+def test_enable_serves_backward_calls_made_by_other_code():
+    torch.manual_seed(9)
+    model, (x, y) = mlp(), data()
+    hesscale.backward(F.cross_entropy(model(x), y), gn="both")
+    expected = [(p.hesscale.clone(), p.hesscale_gn.clone()) for p in model.parameters()]
+    model.zero_grad()
+
+    def framework_step():  # code we do not control
+        F.cross_entropy(model(x), y).backward()
+
+    with hesscale.enable(gn="both"):
+        framework_step()
+    for p, (h, h_gn) in zip(model.parameters(), expected, strict=True):
+        assert_close(p.hesscale, h)
+        assert_close(p.hesscale_gn, h_gn)
+    assert torch.autograd.backward is autograd_backward
+
+
+def test_enable_nests_restores_on_errors_and_refuses_what_it_cannot_serve():
+    model, (x, y) = mlp(), data()
+    original = torch.autograd.backward
+    with pytest.raises(RuntimeError, match="boom"), hesscale.enable():
+        with hesscale.enable(gn=True):
+            pass
+        assert torch.autograd.backward is not original
+        raise RuntimeError("boom")
+    assert torch.autograd.backward is original
+    with hesscale.enable(), pytest.raises(HesScaleError, match="create_graph"):
+        F.cross_entropy(model(x), y).backward(create_graph=True)
+    with pytest.raises(ValueError, match="gn="), hesscale.enable(gn="maybe"):
+        pass
+    assert torch.autograd.backward is original
+
+
+def test_enable_passes_the_seed_gradient_on():
+    torch.manual_seed(10)
+    model, (x, y) = mlp(), data()
+    hesscale.backward(3.0 * F.cross_entropy(model(x), y))
+    expected = [p.hesscale.clone() for p in model.parameters()]
+    model.zero_grad()
+    with hesscale.enable():
+        F.cross_entropy(model(x), y).backward(torch.tensor(3.0))
+    for p, h in zip(model.parameters(), expected, strict=True):
+        assert_close(p.hesscale, h)

@@ -2,7 +2,7 @@
 
 import warnings
 
-from hesscale.engine import backward, supported_operations
+from hesscale.engine import backward, enable, supported_operations
 from hesscale.errors import UnsupportedOperationError
 from hesscale.extensions import (
     HesScale,
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "backward",
+    "enable",
     "supported_operations",
     "UnsupportedOperationError",
     "HesScale",

@@ -10,7 +10,8 @@ producer receives. Diagonals live exactly as long as the gradients do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -24,6 +25,9 @@ from hesscale.internals import grad_stamp
 
 Node = torch.autograd.graph.Node
 Variant = Literal["hesscale", "hesscale_gn"]
+
+# autograd's own backward; ``enable`` replaces ``torch.autograd.backward`` while it is active.
+autograd_backward = torch.autograd.backward
 
 
 def variants_of(gn: bool | str) -> tuple[Variant, ...]:
@@ -72,14 +76,19 @@ class DiagonalBackward:
                 )
         return graphs.below(self.graph, starts)
 
-    def run(self, inputs: Sequence[Tensor] | None, retain_graph: bool | None) -> None:
+    def run(
+        self,
+        inputs: Sequence[Tensor] | None,
+        retain_graph: bool | None,
+        gradient: Tensor | None = None,
+    ) -> None:
         self.accumulates = [
             {id(leaf) for leaf in self.graph.leaves.values() if _continues(leaf, variant)}
             for variant in self.variants
         ]
         handles = [node.register_hook(self._hook_for(node)) for node in self.graph.edges]
         try:
-            torch.autograd.backward(self.loss, inputs=inputs, retain_graph=retain_graph)
+            autograd_backward(self.loss, gradient, retain_graph, inputs=inputs)
         finally:
             for handle in handles:
                 handle.remove()
@@ -233,3 +242,52 @@ def backward(
         retain_graph: as for ``loss.backward()``.
     """
     DiagonalBackward(loss, variants_of(gn), output).run(inputs, retain_graph)
+
+
+_enabled: list[dict] = []  # the settings of the active ``enable`` blocks, innermost last
+
+
+@contextmanager
+def enable(gn: bool | Literal["both"] = False) -> Iterator[None]:
+    """Within the block, every ``loss.backward()`` (and ``torch.autograd.backward``) on a
+    scalar loss runs as ``hesscale.backward(loss, gn=gn)``: for training code that calls
+    backward itself, e.g. a framework's loop::
+
+        with hesscale.enable():
+            trainer.fit(model)        # its loss.backward() calls now fill p.hesscale too
+
+    A backward pass that cannot compute the diagonal (a non-scalar root, create_graph=True)
+    raises HesScaleError. ``torch.autograd.grad`` is not affected. Blocks nest (the innermost
+    settings apply); the patch is process-wide while any block is active.
+    """
+    variants = variants_of(gn)  # validate before patching anything
+    _enabled.append({"variants": variants})
+    torch.autograd.backward = _backward_with_diagonals
+    try:
+        yield
+    finally:
+        _enabled.pop()
+        if not _enabled:
+            torch.autograd.backward = autograd_backward
+
+
+def _backward_with_diagonals(
+    tensors,
+    grad_tensors=None,
+    retain_graph=None,
+    create_graph=False,
+    grad_variables=None,
+    inputs=None,
+):
+    """``torch.autograd.backward`` while ``enable`` is active."""
+    loss = tensors[0] if isinstance(tensors, list | tuple) and len(tensors) == 1 else tensors
+    if isinstance(grad_tensors, list | tuple) and len(grad_tensors) == 1:
+        grad_tensors = grad_tensors[0]
+    if not isinstance(loss, Tensor) or create_graph or grad_variables is not None:
+        raise HesScaleError(
+            "hesscale.enable: a backward pass that HesScale cannot serve (several root tensors "
+            "or create_graph=True). Call it outside the `with hesscale.enable():` block."
+        )
+    inputs = [inputs] if isinstance(inputs, Tensor) else inputs
+    settings = _enabled[-1]
+    DiagonalBackward(loss, settings["variants"]).run(inputs, retain_graph, grad_tensors)
