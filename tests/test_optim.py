@@ -251,7 +251,7 @@ def test_adahessian_hutchinson_uses_the_full_hessian(monkeypatch):
         torch.tensor([-1.0, 1], dtype=DTYPE),
     ]
     queue = list(probes)
-    monkeypatch.setattr(adahessian_module, "rademacher_like", lambda t: queue.pop(0))
+    monkeypatch.setattr(adahessian_module, "rademacher", lambda shape, like: queue.pop(0))
     cross = 0.7
     # H v by hand: the coupling term cross * (w[0,0] b[0] + w[0,1] b[1]) adds cross * v_b to
     # H v at w[0,0], w[0,1] and cross * v_w to H v at b.

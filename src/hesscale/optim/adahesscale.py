@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from hesscale.extensions import HesScale, HesScaleGN
-from hesscale.optim.base import ExtensionAdam, ParamsT, adam_defaults
+from hesscale.optim.base import ExtensionAdam
 
 
 class AdaHesScale(ExtensionAdam):
     """Adam with the squared gradient replaced by a HesScale Hessian-diagonal estimate.
+
+    ``AdaHesScale(params, lr=3e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+    maximize=False, preconditioner='adam', delta=None, max_scale=1.0, on_nonfinite='raise')``
 
     Two ways to drive it (the model and the loss function must be ``backpack.extend``-ed):
 
@@ -64,35 +67,7 @@ class AdaHesScale(ExtensionAdam):
 
     savefield = "hesscale"
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 3e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        *,
-        maximize: bool = False,
-        preconditioner: str = "adam",
-        delta: float | None = None,
-        max_scale: float = 1.0,
-        on_nonfinite: str = "raise",
-    ) -> None:
-        defaults = adam_defaults(
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            maximize,
-            preconditioner=preconditioner,
-            delta=delta,
-            max_scale=max_scale,
-            on_nonfinite=on_nonfinite,
-        )
-        super().__init__(params, defaults, self._make_method())
-
-    @staticmethod
-    def _make_method():
+    def _make_method(self) -> HesScale:
         return HesScale()
 
 
@@ -104,6 +79,5 @@ class AdaHesScaleGN(AdaHesScale):
 
     savefield = "hesscale_gn"
 
-    @staticmethod
-    def _make_method():
+    def _make_method(self) -> HesScaleGN:
         return HesScaleGN()
