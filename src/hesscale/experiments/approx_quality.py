@@ -32,9 +32,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from hesscale.estimators import Estimator, exact_hessian, standard_estimators
+from hesscale.experiments.networks import ACTIVATIONS as NETWORK_ACTIVATIONS
+from hesscale.experiments.networks import fully_connected
 from hesscale.experiments.tasks import DATASETS, Task
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+ACTIVATIONS = tuple(NETWORK_ACTIVATIONS)
 LOSSES = ("ce", "mse")
 NORMALISER = "HesScale"
 HESSCALE_VARIANTS = ("HesScale", "HesScaleGN")
@@ -76,17 +78,6 @@ class StudyConfig:
                     f"--{name} {getattr(self, name)!r} is not supported; "
                     f"choose one of {', '.join(allowed)}"
                 )
-
-
-def build_mlp(
-    n_in: int, n_out: int, width: int, depth: int, activation: type[nn.Module]
-) -> nn.Sequential:
-    """``depth`` hidden layers of ``width`` units, each followed by ``activation``."""
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        layers += [nn.Linear(n_in if i == 0 else width, width), activation()]
-    layers.append(nn.Linear(width if depth else n_in, n_out))
-    return nn.Sequential(*layers)
 
 
 def select_methods(config: StudyConfig) -> list[Estimator]:
@@ -147,12 +138,11 @@ def run_seed(
     n_classes = stream.n_outputs
     dtype = getattr(torch, config.dtype)
     torch.manual_seed(seed)  # initialisation and the stochastic estimators
-    model = build_mlp(
-        math.prod(stream.input_shape),
+    model = fully_connected(
+        (math.prod(stream.input_shape),),
         n_classes,
-        config.width,
-        config.depth,
-        ACTIVATIONS[config.activation],
+        [config.width] * config.depth,
+        config.activation,
     ).to(dtype)
     loss_fn = nn.CrossEntropyLoss() if config.loss == "ce" else nn.MSELoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
