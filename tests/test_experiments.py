@@ -18,11 +18,12 @@ import torch
 from backpack import extend
 
 from hesscale import cli
-from hesscale.experiments import sweep as sweep_module
 from hesscale.experiments.learners import LEARNERS, Learner
 from hesscale.experiments.logs import read_log
 from hesscale.experiments.networks import NETWORKS, build_network
 from hesscale.experiments.run import RunConfig, run_and_log, train
+from hesscale.experiments.sweep import plan as sweep_plan
+from hesscale.experiments.sweep import spec as sweep_spec
 from hesscale.experiments.tasks import DatasetNotFoundError, Task
 
 PYTHON_CLI = f"{sys.executable} -m hesscale.cli"
@@ -403,14 +404,14 @@ def test_slurm_array_script_runs_the_selected_task_and_requeues_it_on_the_warnin
 
 
 def test_shipped_specs_load_and_expand():
-    specs = sweep_module.shipped_specs()
+    specs = sweep_spec.shipped_specs()
     assert {"digits_small", "digits_tanh", "stationary_mnist", "input_permuted_mnist"} <= set(specs)
     assert "label_permuted_emnist" in specs
     for name, path in specs.items():
-        spec = sweep_module.load_spec(path)
-        runs = sweep_module.plan(spec, Path("/tmp/unused"))
+        spec = sweep_spec.load_spec(path)
+        runs = sweep_plan.plan(spec, Path("/tmp/unused"))
         assert sum(len(r) for r in runs.values()) > 0, name
-    paper = sweep_module.load_spec(specs["stationary_mnist"])
+    paper = sweep_spec.load_spec(specs["stationary_mnist"])
     assert {"sgd", "adam", "adahesscale", "adahesscalegn"} <= set(paper["learners"])
 
 
