@@ -43,8 +43,12 @@ EXPERIMENTS_EXTRA = ("numpy", "tqdm", "matplotlib", "sklearn")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions as written; each option's default appended where it says something (not
-    for flags, options without a default, or help texts that state their default)."""
+    """Descriptions as written (reST ``code`` shown as `code`); each option's default appended
+    where it says something (not for flags, options without a default, or help texts that
+    state their default)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return super()._fill_text(text.replace("``", "`"), width, indent)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
