@@ -114,3 +114,33 @@ def test_a_method_too_slow_at_one_width_is_skipped_at_larger_ones(monkeypatch, t
     )
     assert status[3] == ("8", "Slow", measure.TOO_SLOW)
     assert (tmp_path / "cost.png").exists()  # plots without any memory measurement
+
+
+def test_the_cost_cnn_is_the_3c3d_of_the_runs():
+    """One 3c3d in the code base: the cost study's CNN at width 64, depth 3 is cifar10_3c3d."""
+    from hesscale.experiments.networks import build_network
+
+    ours, theirs = models.cnn(64, 3), build_network("cifar10_3c3d", (3, 32, 32), 10)
+    assert [type(m) for m in ours] == [type(m) for m in theirs]
+    assert [p.shape for p in ours.parameters()] == [p.shape for p in theirs.parameters()]
+    pads = [m.padding for m in ours if isinstance(m, torch.nn.ZeroPad2d)]
+    assert pads == [(0, 1, 0, 1), (0, 1, 0, 1), (0, 1, 0, 1)]  # TensorFlow's 'same' pooling
+
+
+def test_cost_plot_puts_outliers_in_their_own_panel_and_names_the_setting(tmp_path):
+    from hesscale.experiments.cost import report
+
+    config = measure.Config(model="mlp", width=8, depth=2, batch=16, threads=1, clock="cpu")
+    results = [
+        measure.Result(config, methods.REFERENCE, "backprop", time_ratio=1.0, memory_ratio=1.0),
+        measure.Result(config, "HesScale", "curvature", time_ratio=2.0, memory_ratio=1.4),
+        measure.Result(config, "DiagHessian", "curvature", time_ratio=150.0, memory_ratio=3.0),
+    ]
+    assert report.outlier_methods(results, "time_ratio") == {"DiagHessian"}
+    assert report.outlier_methods(results, "memory_ratio") == set()
+    title = report.describe_setting(results)
+    assert "MLP" in title and "batch 16" in title and "1 thread" in title and "cpu clock" in title
+    assert report.plot(results, tmp_path / "cost.png").read_bytes()[:4] == b"\x89PNG"
+    strong = report.line_style("HesScale", "curvature", 0)
+    muted = report.line_style("DiagGGNMC", "curvature", 0)
+    assert strong["linewidth"] > muted["linewidth"] and strong["zorder"] > muted["zorder"]
