@@ -149,3 +149,17 @@ def test_bad_sweep_settings_are_rejected_before_anything_is_written(tmp_path, ca
     assert cli.main(["sweep", str(spec), "--out-dir", str(out)]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_experiments_package_names_its_extra_when_a_package_is_missing():
+    code = (
+        "import importlib.util, sys\n"
+        "real = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *a: None if name == 'tqdm' else real(name, *a)\n"
+        "from hesscale import cli\n"
+        "sys.exit(cli.main(['plot', 'results']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "needs tqdm" in result.stderr and "hesscale[experiments]" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -24,6 +24,8 @@ def test_readme_commands_match_ci():
     readme, ci = README.read_text(), (README.parent / ".ci" / "run").read_text()
     assert 'pip install -e ".[dev]"' in readme and 'pip install -e ".[dev]"' in ci
     assert "python -m pytest -q" in readme and "python -m pytest -q" in ci
+    assert "python -m pytest -q -m slow" in readme and "python -m pytest -q -m slow" in ci
+    assert "--index-url https://download.pytorch.org/whl/cpu" in readme  # the CPU-only wheel
 
 
 def readme_supported_modules() -> set[str]:

@@ -57,12 +57,21 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             "default" in text
             or not action.option_strings
             or action.nargs == 0
-            or default in (None, argparse.SUPPRESS)
+            or default in (None, argparse.SUPPRESS, [], ())
         ):
             return text
         if isinstance(default, list | tuple):
             default = " ".join(map(str, default))
         return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+class _TopLevelFormatter(argparse.RawDescriptionHelpFormatter):
+    """Room for the longest command name beside its help (argparse measures the commands'
+    names too late to make room itself)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=92)
+        self._action_max_length = 4 + max(map(len, SUBCOMMANDS))
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -73,7 +82,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="hesscale",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_TopLevelFormatter,
     )
     parser.add_argument("--version", action="version", version=f"hesscale {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
@@ -98,10 +107,12 @@ def _missing_extra(error: ModuleNotFoundError) -> str | None:
     top = (error.name or "").split(".")[0]
     if top not in EXPERIMENTS_EXTRA:
         return None
+    if str(error).startswith("hesscale.experiments needs"):
+        return str(error)  # the package's own message names every missing one
     package = "scikit-learn" if top == "sklearn" else top
     return (
         f"this command needs {package}, which comes with hesscale's 'experiments' extra: "
-        'pip install "hesscale[experiments]" (or, from a checkout, pip install -e ".[dev]")'
+        'pip install "hesscale[experiments]" (from a checkout: pip install -e ".[dev]")'
     )
 
 

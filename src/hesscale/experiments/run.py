@@ -373,9 +373,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"hesscale run: {error}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
     except KeyboardInterrupt:
+        where = f"; {out} records how far it got" if out.exists() else ""
         print(
-            f"\nhesscale run: interrupted (Ctrl-C); {out} records how far it got. Run the same "
-            "command again to start it over.",
+            f"\nhesscale run: interrupted (Ctrl-C){where}. Run the same command again to start "
+            "the run over.",
             file=sys.stderr,
         )
         return 130

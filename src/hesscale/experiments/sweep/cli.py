@@ -41,8 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--mem", help="per run, e.g. 2G")
     slurm.add_argument("--cpus", type=int, help="cpus per task (default: --threads)")
     slurm.add_argument("--gpus", type=int, help="GPUs per task")
-    slurm.add_argument("--account")
-    slurm.add_argument("--partition")
+    slurm.add_argument("--account", help="SLURM account to charge")
+    slurm.add_argument("--partition", help="SLURM partition")
     slurm.add_argument(
         "--env",
         action="append",
@@ -50,7 +50,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     slurm.add_argument("--max-parallel", type=int, help="most array tasks running at once")
     slurm.add_argument("--signal-warning", type=int, help="seconds of warning before the limit")
-    slurm.add_argument("--no-requeue", dest="requeue", action="store_false", default=None)
+    slurm.add_argument(
+        "--no-requeue",
+        dest="requeue",
+        action="store_false",
+        default=None,
+        help="a preempted run does not put itself back into the queue",
+    )
     slurm.add_argument("--extra", action="append", help="another #SBATCH option (repeatable)")
 
 
