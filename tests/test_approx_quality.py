@@ -132,11 +132,11 @@ def test_verdict_tells_ties_from_losses():
     ]
     assert verdict_summary(rows) == "yes"
     rows[1]["normalised_per_seed"] = [3.0, 1.0]
-    assert verdict_summary(rows).startswith("no: it ties with BL89 (1 seed)")
+    assert verdict_summary(rows).startswith("no: it ties with BL89 in 1 seed")
     assert "loses" not in verdict_summary(rows)
     rows[2]["normalised_per_seed"] = [0.5, 0.4]
     summary = verdict_summary(rows)
-    assert "it loses to KFAC-1 (2 seeds)" in summary and "ties with BL89" in summary
+    assert "it loses to KFAC-1 in 2 seeds" in summary and "ties with BL89" in summary
     assert any("worse in 2" in line for line in verdict(rows)[1])
 
 

@@ -226,16 +226,16 @@ def verdict_summary(rows: list[dict]) -> str:
     for row in _rivals(rows):
         _, tied, lost = seed_outcomes(row)
         if lost:
-            losses.append(f"{row['method']} ({lost} seed{'s' * (lost > 1)})")
+            losses.append(f"{row['method']} in {lost} seed{'s' * (lost > 1)}")
         elif tied:
-            ties.append(f"{row['method']} ({tied} seed{'s' * (tied > 1)})")
+            ties.append(f"{row['method']} in {tied} seed{'s' * (tied > 1)}")
     if not ties and not losses:
         return "yes"
     parts = []
     if losses:
         parts.append("it loses to " + ", ".join(losses))
     if ties:
-        parts.append("it ties with " + ", ".join(ties) + " (equal errors, not worse)")
+        parts.append("it ties with " + ", ".join(ties) + " (an equal error, not a worse one)")
     return "no: " + "; ".join(parts)
 
 
