@@ -4,7 +4,9 @@ order; their settings checked, and where each stands (from its log)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,26 +65,41 @@ def count_runs(path: Path) -> int:
     return n_seeds * sum(len(grid(g)) for g in spec.get("learners", {}).values())
 
 
-def parse_command(argv: list[str]):
-    """(RunConfig, log path) of a planned ``run`` command."""
+@functools.cache
+def _run_parser() -> argparse.ArgumentParser:
     from hesscale.experiments import run as run_module
 
     parser = argparse.ArgumentParser()
     run_module.configure(parser)
-    args = parser.parse_args(argv[1:])
+    return parser
+
+
+def parse_command(argv: list[str]):
+    """(RunConfig, log path) of a planned ``run`` command."""
+    from hesscale.experiments import run as run_module
+
+    args = _run_parser().parse_args(argv[1:])
     return run_module.config_from_args(args), args.out
 
 
 def check_runs(runs: dict[str, list[PlannedRun]]) -> None:
-    """Raise ValueError if a run's settings cannot run (``RunConfig.validate``), or if a complete
-    log was made with settings other than the spec's (StaleLogError)."""
+    """Raise ValueError if a run's settings cannot run (``RunConfig.validate``, once per
+    configuration: its seeds differ in nothing else), or if a complete log was made with
+    settings other than the spec's (StaleLogError)."""
     from hesscale.experiments.run import check_existing
 
+    checked: set[str] = set()
     for planned in (r for rs in runs.values() for r in rs):
-        config = parse_command(planned.argv)[0]
-        config.validate()
+        key = json.dumps([planned.learner, planned.hyperparameters], sort_keys=True)
         log = read_log(planned.log)
-        if log is not None and log.get("status") in COMPLETE:
+        complete = log is not None and log.get("status") in COMPLETE
+        if key in checked and not complete:
+            continue
+        config = parse_command(planned.argv)[0]
+        if key not in checked:
+            config.validate()
+            checked.add(key)
+        if complete:
             check_existing(config, log, planned.log, elsewhere="--out-dir")
 
 

@@ -80,8 +80,8 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
     seeds = spec.setdefault("seeds", 1)
     if isinstance(seeds, int):
         spec["seeds"] = list(range(seeds))
-    if not spec["seeds"] or not all(isinstance(s, int) for s in spec["seeds"]):
-        raise SpecError(f"{path}: 'seeds' must be a count or a list of integers.")
+    if not spec["seeds"] or not all(isinstance(s, int) and s >= 0 for s in spec["seeds"]):
+        raise SpecError(f"{path}: 'seeds' must be a count or a list of integers >= 0.")
     if not isinstance(spec["learners"], dict) or not spec["learners"]:
         raise SpecError(f"{path}: [learners.<name>] tables are required.")
     for learner, grid in spec["learners"].items():
