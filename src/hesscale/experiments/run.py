@@ -19,12 +19,11 @@ import sys
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from hesscale.experiments.trainer import StopFlag, Trainer, now
-
-if TYPE_CHECKING:
-    import torch
 
 EXIT_PREEMPTED = 3
 EXIT_FAILED = 1
@@ -108,8 +107,6 @@ def check_existing(
 
 
 def resolve_device(device: str) -> torch.device:
-    import torch
-
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -123,8 +120,6 @@ def supervised_trainer(
     checkpoint: Path | None = None,
 ) -> Trainer:
     """The Trainer of ``config``: its task, network and learner, seeded by ``config.seed``."""
-    import torch
-
     from hesscale.experiments.learners import Learner
     from hesscale.experiments.networks import build_network
     from hesscale.experiments.supervised import SupervisedLearning
@@ -358,8 +353,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"hesscale run: {error}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else default_out(config)
     stop = StopFlag()
