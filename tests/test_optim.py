@@ -252,7 +252,7 @@ def test_adahessian_hutchinson_uses_the_full_hessian(monkeypatch):
         torch.tensor([-1.0, 1], dtype=DTYPE),
     ]
     queue = list(probes)
-    monkeypatch.setattr(adahessian_module, "rademacher_like", lambda t: queue.pop(0))
+    monkeypatch.setattr(adahessian_module, "rademacher", lambda shape, like: queue.pop(0))
     cross = 0.7
     # H v by hand: the coupling term cross * (w[0,0] b[0] + w[0,1] b[1]) adds cross * v_b to
     # H v at w[0,0], w[0,1] and cross * v_w to H v at b.
@@ -656,3 +656,22 @@ def test_default_hyperparameters_train_the_example_mlp(opt_cls, one_thread):
     losses = [float(opt.step(lambda: loss_fn(model(x), y)).detach()) for _ in range(60)]
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_optimizers_share_one_constructor_and_one_rademacher_helper():
+    """Every option lives in DiagonalAdam.__init__; subclasses add only their own."""
+    import hesscale.estimators
+    from hesscale.experiments.learners import hyperparameter_names
+    from hesscale.optim import AdaGGNMC, AdaHesScale, AdaHesScaleGN, AdaHessian
+    from hesscale.optim import adahessian as adahessian_module
+
+    p = [nn.Parameter(torch.zeros(3))]
+    shared = set(AdaHesScale(p).defaults)
+    assert set(AdaHesScaleGN(p).defaults) == shared and set(AdaGGNMC(p).defaults) == shared
+    assert set(AdaHessian(p).defaults) == shared | {"spatial_average"}
+    ggnmc = AdaGGNMC(p, 0.01, mc_samples=3, preconditioner="sqrt")  # lr positional, as before
+    assert ggnmc.defaults["lr"] == 0.01 and ggnmc.defaults["preconditioner"] == "sqrt"
+    assert ggnmc.mc_samples == 3 and type(ggnmc.method).__name__ == "DiagGGNMC"
+    names = hyperparameter_names("adaggnmc")
+    assert {"mc_samples", "lr", "betas", "preconditioner", "delta", "on_nonfinite"} <= set(names)
+    assert adahessian_module.rademacher is hesscale.estimators.rademacher

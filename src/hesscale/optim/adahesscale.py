@@ -6,11 +6,14 @@ from torch import Tensor
 
 from hesscale.engine import backward as diagonal_backward
 from hesscale.extensions import HesScale, HesScaleGN
-from hesscale.optim.base import ExtensionAdam, ParamsT, adam_defaults
+from hesscale.optim.base import ExtensionAdam
 
 
 class AdaHesScale(ExtensionAdam):
     """Adam with the squared gradient replaced by a HesScale Hessian-diagonal estimate.
+
+    ``AdaHesScale(params, lr=3e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+    maximize=False, preconditioner='adam', delta=None, max_scale=1.0, on_nonfinite='raise')``
 
     Three ways to drive it, on any model:
 
@@ -73,34 +76,6 @@ class AdaHesScale(ExtensionAdam):
     """
 
     savefield = "hesscale"
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 3e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        *,
-        maximize: bool = False,
-        preconditioner: str = "adam",
-        delta: float | None = None,
-        max_scale: float = 1.0,
-        on_nonfinite: str = "raise",
-    ) -> None:
-        defaults = adam_defaults(
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            maximize,
-            preconditioner=preconditioner,
-            delta=delta,
-            max_scale=max_scale,
-            on_nonfinite=on_nonfinite,
-        )
-        super().__init__(params, defaults, self._make_method())
-
     gn = False
     how_to_backward = (
         "Run hesscale.backward(loss) instead of loss.backward() (any model), or "
@@ -111,8 +86,7 @@ class AdaHesScale(ExtensionAdam):
     def _backward(self, loss: Tensor) -> None:
         diagonal_backward(loss, gn=self.gn)
 
-    @staticmethod
-    def _make_method():
+    def _make_method(self) -> HesScale:
         return HesScale()
 
 
@@ -128,6 +102,5 @@ class AdaHesScaleGN(AdaHesScale):
     savefield = "hesscale_gn"
     gn = True
 
-    @staticmethod
-    def _make_method():
+    def _make_method(self) -> HesScaleGN:
         return HesScaleGN()
