@@ -10,7 +10,9 @@ size, bins, ...; only the seed differs); for each such group it draws:
   sensitivity_<task>_<network>.png  average loss and accuracy vs. step size, per learner (for
                                     each step size its best setting of the other hyperparameters)
 
-and writes summary.md (the table of best configurations). Groups of the same task and network
+and writes summary.md (the table of best configurations). RL runs (tasks rl:...) get their
+episodic returns over environment steps instead (returns_<task>_<network>.png, and their own
+sensitivity plot and table: hesscale.experiments.rl.plot). Groups of the same task and network
 with other settings (e.g. 200 and 50 steps) get plots of their own, named after the settings
 that differ. Curves that coincide (e.g. AdaHesScale and AdaHesScaleGN on ReLU networks) are
 drawn with distinct line styles and marked "identical to ..." in the legend.
@@ -103,7 +105,10 @@ def stderr(values: np.ndarray) -> np.ndarray | float:
 
 
 # settings of a run that are not the learner's: runs pool as seeds only if these agree
-SETTINGS = ("steps", "batch_size", "change_freq", "bin_size", "eval_every", "hidden")
+SETTINGS = (
+    *("steps", "batch_size", "change_freq", "bin_size", "eval_every", "hidden"),
+    *("algo", "algo_options"),  # RL runs
+)
 Group = tuple[str, str, str]  # task, network, settings (JSON)
 
 
@@ -362,10 +367,17 @@ def plot_all(root: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     written, tables = [], []
     for key, learners in sorted(groups.items()):
         task, network, _ = key
-        tag, title = f"{task}_{network}", f"{task}, {network}"
+        tag, title = f"{task}_{network}".replace(":", "_"), f"{task}, {network}"
         if differing[key]:
             tag += "__" + _settings_text(differing[key], "_").replace("=", "")
             title += f" ({_settings_text(differing[key], ', ')})"
+        if task.startswith("rl:"):  # returns instead of losses: hesscale.experiments.rl.plot
+            from hesscale.experiments.rl import plot as rl_plot
+
+            files, table = rl_plot.plot_group(learners, title, out_dir, tag)
+            written += files
+            tables.append(table)
+            continue
         plot_curves(learners, title, out_dir / f"curves_{tag}.png")
         plot_sensitivity(learners, title, out_dir / f"sensitivity_{tag}.png")
         written += [out_dir / f"curves_{tag}.png", out_dir / f"sensitivity_{tag}.png"]

@@ -7,6 +7,10 @@ split every N steps (and at the end). A NaN or infinite loss ends the run with s
 checkpoint next to the log (``<log>.ckpt``) and exit code 3, so a job script can requeue it;
 started again, it continues from the checkpoint exactly. An exception leaves status ``failed``
 with its traceback. A run whose log is already complete is skipped unless ``--force``.
+
+Reinforcement learning: ``--task rl:<gymnasium id>`` (e.g. rl:Hopper-v5, rl:Pendulum-v1) with
+``--algo ppo`` or ``a2c``; ``--steps`` then counts environment steps and the log holds the
+return of every episode (see hesscale.experiments.rl.setup; needs the ``rl`` extra).
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ class RunConfig:
     data_dir: str | None = None
     download: bool = False
     device: str = "auto"
+    algo: str | None = None  # RL tasks: ppo or a2c
+    algo_options: dict[str, Any] = field(default_factory=dict)  # RL tasks: besides defaults
+    label: str | None = None  # the name plots group the run under (default: the learner's)
 
     def all_hyperparameters(self) -> dict[str, Any]:
         return {"lr": self.lr, **self.hyperparameters}
@@ -64,10 +71,16 @@ class RunConfig:
         """
         from hesscale.experiments.learners import check_learner
         from hesscale.experiments.networks import check_network
+        from hesscale.experiments.rl.setup import check_config, is_rl_task
         from hesscale.experiments.tasks import parse_task_name
 
-        parse_task_name(self.task)
-        check_network(self.network, self.hidden)
+        if is_rl_task(self.task):
+            check_config(self)
+        elif self.algo is not None or self.algo_options:
+            raise ValueError(f"--algo and --algo-opt apply to RL tasks (rl:...), not {self.task}.")
+        else:
+            parse_task_name(self.task)
+            check_network(self.network, self.hidden)
         for name in ("steps", "batch_size", "bin_size", "change_freq", "eval_every"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -142,7 +155,7 @@ def supervised_trainer(
     header = {
         "task": task.describe(),
         "network": config.network,
-        "learner": config.learner,
+        "learner": config.label or config.learner,
         "hyperparameters": config.all_hyperparameters(),
         "seed": config.seed,
         "config": asdict(config),
@@ -174,16 +187,22 @@ def train(
     With ``checkpoint``, a preempted run saves its whole state there, and a run that finds a
     checkpoint of the same configuration continues from it (see hesscale.experiments.trainer).
     """
+    from hesscale.experiments.rl.setup import is_rl_task, rl_trainer
+
     config.validate()
-    return supervised_trainer(config, progress=progress, stop=stop, checkpoint=checkpoint).run()
+    make = rl_trainer if is_rl_task(config.task) else supervised_trainer
+    return make(config, progress=progress, stop=stop, checkpoint=checkpoint).run()
 
 
 def default_out(config: RunConfig) -> Path:
     """runs/TASK/NETWORK/LEARNER/CONFIG/seed_N.json (``runs/`` is ignored by git)."""
     from hesscale.experiments.logs import run_path
 
-    root = DEFAULT_OUT_ROOT / config.task / config.network
-    return run_path(root, config.learner, config.all_hyperparameters(), config.seed)
+    root = DEFAULT_OUT_ROOT / config.task.replace(":", "_") / config.network
+    if config.algo:
+        root = root / config.algo
+    learner = config.label or config.learner
+    return run_path(root, learner, config.all_hyperparameters(), config.seed)
 
 
 # errors that come from the settings or the data, not from a bug: reported without a traceback
@@ -271,19 +290,26 @@ def _int_list(text: str) -> list[int]:
 def configure(parser: argparse.ArgumentParser) -> None:
     from hesscale.experiments.learners import LEARNERS
     from hesscale.experiments.networks import NETWORKS
+    from hesscale.experiments.rl.options import OPTIONS as RL_ALGORITHMS
+    from hesscale.experiments.rl.policy import NETWORKS as RL_NETWORKS
     from hesscale.experiments.tasks import DATASETS
 
     parser.description = __doc__.split("\n", 1)[1]
     parser.add_argument(
         "--task",
         required=True,
-        help=f"{', '.join(DATASETS)}, each also as <name>-input-permuted and <name>-label-permuted",
+        help=f"{', '.join(DATASETS)}, each also as <name>-input-permuted and <name>-label-permuted"
+        "; or rl:<gymnasium id> (continuous actions, e.g. rl:Hopper-v5, rl:Pendulum-v1)",
     )
-    parser.add_argument("--network", required=True, help=", ".join(NETWORKS))
+    parser.add_argument(
+        "--network", required=True, help=f"{', '.join(NETWORKS)}; RL: {', '.join(RL_NETWORKS)}"
+    )
     parser.add_argument("--learner", required=True, choices=list(LEARNERS))
     parser.add_argument("--lr", required=True, type=float, help="step size (> 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order and init)")
-    parser.add_argument("--steps", type=int, default=1000, help="mini-batches to learn from")
+    parser.add_argument(
+        "--steps", type=int, default=1000, help="mini-batches to learn from (RL: environment steps)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="examples per step")
     parser.add_argument(
         "--change-freq",
@@ -291,7 +317,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="steps per permutation (default: 5000 input-, 2500 label-permuted)",
     )
-    parser.add_argument("--bin-size", type=int, default=100, help="steps averaged per log point")
+    parser.add_argument(
+        "--bin-size", type=int, default=100, help="steps averaged per log point (RL: env steps)"
+    )
     parser.add_argument(
         "--eval-every", type=int, default=None, help="evaluate on the test split every N steps"
     )
@@ -305,6 +333,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="another optimizer hyperparameter, e.g. --opt beta2=0.99 (repeatable)",
+    )
+    parser.add_argument(
+        "--algo", default=None, choices=list(RL_ALGORITHMS), help="RL tasks: the algorithm"
+    )
+    parser.add_argument(
+        "--algo-opt",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="RL tasks: an algorithm option, e.g. --algo-opt gamma=0.995 (repeatable)",
+    )
+    parser.add_argument(
+        "--label", default=None, help="name to group the run under in plots (default: learner)"
     )
     parser.add_argument(
         "--out",
@@ -340,6 +382,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         data_dir=args.data_dir,
         download=args.download,
         device=args.device,
+        algo=args.algo,
+        algo_options=dict(args.algo_opt),
+        label=args.label,
     )
 
 
@@ -385,7 +430,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"hesscale run: {log['message']} (log: {out})", file=sys.stderr)
         return EXIT_FAILED
     summary = f"{out}: {status} after {log['steps_done']} steps in {log['wall_time_s']:.1f} s"
-    if log["loss"]:
+    if log.get("loss"):
         summary += f", last loss {log['loss'][-1]:.4f}, accuracy {log['accuracy'][-1]:.3f}"
+    returns = [r for r in log.get("return", []) if r is not None and math.isfinite(r)]
+    if returns:
+        summary += f", last return {returns[-1]:.1f} ({len(log['episodes']['return'])} episodes)"
     print(summary)
     return EXIT_PREEMPTED if status == "preempted" else 0

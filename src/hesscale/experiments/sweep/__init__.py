@@ -32,6 +32,14 @@ A spec::
     lr = [1e-3, 1e-2]
     beta2 = 0.999
 
+    [learners.adahesscale_scaled]  # a name of your own: runs of one learner, grouped apart
+    learner = "adahesscale"        # the learner it runs (default: the table's name)
+    lr = [1e-3, 1e-2]
+    delta = 1e-8
+
+    # RL: task = "rl:Hopper-v5", network = "tanh_separate", algo = "ppo", steps in
+    # environment steps, and [algo_options] (e.g. gamma = 0.99): see hesscale.experiments.rl
+
     [slurm]                        # defaults for the --time, --mem, ... options below
     time = "01:00:00"
 """

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hesscale.experiments.logs import COMPLETE, read_log, run_path
+from hesscale.experiments.sweep.spec import optimizer_of
 
 
 @dataclass(frozen=True)
@@ -34,26 +35,30 @@ def grid(table: dict[str, Any]) -> list[dict[str, Any]]:
 def plan(spec: dict[str, Any], out_dir: Path, threads: int = 1) -> dict[str, list[PlannedRun]]:
     """Every run of the spec, per learner, in a fixed order."""
     fixed = ["--task", spec["task"], "--network", spec["network"], "--steps", str(spec["steps"])]
-    for key in ("batch_size", "change_freq", "bin_size", "eval_every", "data_dir"):
+    for key in ("batch_size", "change_freq", "bin_size", "eval_every", "data_dir", "algo"):
         if key in spec:
             fixed += ["--" + key.replace("_", "-"), str(spec[key])]
+    for key, value in spec.get("algo_options", {}).items():
+        fixed += ["--algo-opt", f"{key}={value!r}"]
     if "hidden" in spec:
         fixed += ["--hidden", ",".join(map(str, spec["hidden"]))]
     fixed += ["--threads", str(threads), "--no-progress"]
     runs: dict[str, list[PlannedRun]] = {}
-    for learner, learner_grid in spec["learners"].items():
-        runs[learner] = []
-        for hyper in grid(learner_grid):
+    for name, learner_grid in spec["learners"].items():
+        learner = optimizer_of(name, learner_grid)
+        label = ["--label", name] if name != learner else []
+        runs[name] = []
+        for hyper in grid({k: v for k, v in learner_grid.items() if k != "learner"}):
             hyper["lr"] = float(hyper["lr"])
             for seed in spec["seeds"]:
-                log = (run_path(out_dir / "logs", learner, hyper, seed)).absolute()
-                argv = ["run", "--learner", learner, "--lr", repr(float(hyper["lr"]))]
+                log = (run_path(out_dir / "logs", name, hyper, seed)).absolute()
+                argv = ["run", "--learner", learner, *label, "--lr", repr(float(hyper["lr"]))]
                 argv += ["--seed", str(seed), *fixed]
                 for key, value in hyper.items():
                     if key != "lr":
                         argv += ["--opt", f"{key}={value!r}"]
                 argv += ["--out", str(log)]
-                runs[learner].append(PlannedRun(learner, hyper, seed, log, argv))
+                runs[name].append(PlannedRun(name, hyper, seed, log, argv))
     return runs
 
 
@@ -62,7 +67,8 @@ def count_runs(path: Path) -> int:
     spec = tomllib.loads(path.read_text())
     seeds = spec.get("seeds", 1)
     n_seeds = seeds if isinstance(seeds, int) else len(seeds)
-    return n_seeds * sum(len(grid(g)) for g in spec.get("learners", {}).values())
+    tables = spec.get("learners", {}).values()
+    return n_seeds * sum(len(grid({k: v for k, v in g.items() if k != "learner"})) for g in tables)
 
 
 @functools.cache

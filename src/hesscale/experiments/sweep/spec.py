@@ -20,6 +20,8 @@ RUN_KEYS = {
     "eval_every": int,
     "hidden": list,
     "data_dir": str,
+    "algo": str,  # RL tasks
+    "algo_options": dict,  # RL tasks: a table of the algorithm's options
 }
 SPEC_KEYS = {"name", "description", "seeds", "learners", "slurm", *RUN_KEYS}
 
@@ -54,6 +56,7 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a spec; learners' hyperparameters are checked against their optimizers."""
     from hesscale.experiments.learners import LEARNERS, hyperparameter_names
     from hesscale.experiments.networks import NETWORKS
+    from hesscale.experiments.rl.setup import is_rl_task
     from hesscale.experiments.tasks import parse_task_name
 
     path = Path(path)
@@ -70,12 +73,18 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
     for key, kind in RUN_KEYS.items():
         if key in spec and not isinstance(spec[key], kind):
             raise SpecError(f"{path}: '{key}' must be a {kind.__name__}, got {spec[key]!r}.")
-    try:
-        parse_task_name(spec["task"])
-    except ValueError as error:
-        raise SpecError(f"{path}: {error}") from None
-    if spec["network"] not in NETWORKS:
-        raise SpecError(f"{path}: unknown network '{spec['network']}'; known: {list(NETWORKS)}.")
+    if is_rl_task(spec["task"]):  # checked with each configuration's settings (plan.check_runs)
+        if "algo" not in spec:
+            raise SpecError(f"{path}: an RL task (rl:...) needs 'algo' (ppo or a2c).")
+    else:
+        try:
+            parse_task_name(spec["task"])
+        except ValueError as error:
+            raise SpecError(f"{path}: {error}") from None
+        if spec["network"] not in NETWORKS:
+            raise SpecError(
+                f"{path}: unknown network '{spec['network']}'; known: {list(NETWORKS)}."
+            )
     spec.setdefault("name", path.stem)
     seeds = spec.setdefault("seeds", 1)
     if isinstance(seeds, int):
@@ -84,12 +93,13 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
         raise SpecError(f"{path}: 'seeds' must be a count or a list of integers >= 0.")
     if not isinstance(spec["learners"], dict) or not spec["learners"]:
         raise SpecError(f"{path}: [learners.<name>] tables are required.")
-    for learner, grid in spec["learners"].items():
+    for name, grid in spec["learners"].items():
+        learner = optimizer_of(name, grid)
         if learner not in LEARNERS:
             raise SpecError(f"{path}: unknown learner '{learner}'; known: {list(LEARNERS)}.")
         if "lr" not in grid:
-            raise SpecError(f"{path}: learner '{learner}' needs lr (a value or a list).")
-        bad = sorted(set(grid) - set(hyperparameter_names(learner)))
+            raise SpecError(f"{path}: learner '{name}' needs lr (a value or a list).")
+        bad = sorted(set(grid) - {"learner"} - set(hyperparameter_names(learner)))
         if bad:
             raise SpecError(
                 f"{path}: learner '{learner}' has no hyperparameter {bad}; it accepts "
@@ -100,6 +110,13 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
     if bad:
         raise SpecError(f"{path}: unknown [slurm] keys {bad}; known: {sorted(SLURM_DEFAULTS)}.")
     return spec
+
+
+def optimizer_of(name: str, table: dict[str, Any]) -> str:
+    """The learner a ``[learners.<name>]`` table runs: its ``learner`` key (then ``name`` is
+    the label its runs are grouped under, e.g. adahesscale with and without a trust region),
+    else ``name`` itself."""
+    return table.get("learner", name)
 
 
 def describe(path: Path) -> str:
