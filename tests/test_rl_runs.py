@@ -273,3 +273,51 @@ def test_command_line_run_plot_and_bad_settings(tmp_path):
 
     bad = run_cli("run", *common, "--learner", "adam", "--lr", "0.001", "--algo-opt", "clip=-1")
     assert bad.returncode == 2 and "invalid clip=-1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_sweep_spec_plans_rl_runs_with_algorithm_options_and_learner_labels(tmp_path):
+    from hesscale.experiments.sweep.plan import check_runs, count_runs, parse_command, plan
+    from hesscale.experiments.sweep.spec import load_spec
+
+    spec_path = tmp_path / "rl.toml"
+    spec_path.write_text(
+        'task = "rl:Pendulum-v1"\nnetwork = "tanh_shared"\nalgo = "ppo"\nsteps = 256\n'
+        "seeds = 2\nhidden = [8]\n"
+        "[algo_options]\nrollout_steps = 64\nminibatches = 2\ngamma = 0.95\n"
+        "[learners.adam]\nlr = [1e-3, 1e-2]\n"
+        '[learners.adahesscale_scaled]\nlearner = "adahesscale"\nlr = 0.1\ndelta = 1e-8\n'
+    )
+    assert count_runs(spec_path) == 6
+    runs = plan(load_spec(spec_path), tmp_path / "out")
+    check_runs(runs)  # every configuration's settings are valid
+    scaled = runs["adahesscale_scaled"][0]
+    config, out = parse_command(scaled.argv)
+    assert config.learner == "adahesscale" and config.label == "adahesscale_scaled"
+    assert config.algo == "ppo" and config.hyperparameters == {"delta": 1e-8}
+    assert config.algo_options == {"rollout_steps": 64, "minibatches": 2, "gamma": 0.95}
+    assert "/adahesscale_scaled/" in out
+    log = run_and_log(config, out, progress=False)
+    assert log["learner"] == "adahesscale_scaled" and log["optimizer"] == "adahesscale"
+    assert log["algo_options"]["gamma"] == 0.95 and log["algo_options"]["epochs"] == 10
+
+
+def test_shipped_rl_specs_are_valid():
+    from hesscale.experiments.sweep.plan import plan
+    from hesscale.experiments.sweep.spec import find_spec, load_spec, shipped_specs
+
+    names = [n for n in shipped_specs() if n.startswith(("rl_", "paper_"))]
+    assert {"rl_pendulum", "rl_pendulum_small", "paper_ppo_hopper", "paper_a2c_hopper"} <= set(
+        names
+    )
+    for name in names:
+        spec = load_spec(find_spec(name))
+        runs = plan(spec, __import__("pathlib").Path("/nonexistent"))
+        assert all(
+            r.argv[r.argv.index("--algo") + 1] in ("ppo", "a2c") for rs in runs.values() for r in rs
+        )
+        if name.startswith("paper_"):
+            assert set(runs) == {
+                "adam", "adahessian", "adahesscale", "adahesscale_scaled", "adahesscalegn",
+                "adahesscalegn_scaled",
+            }  # fmt: skip
+            assert spec["seeds"] == list(range(10))
