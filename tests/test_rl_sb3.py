@@ -124,3 +124,24 @@ def test_sb3_ppo_steps_with_the_hesscale_diagonal(recorded):
     # 512 steps = 1 rollout of n_steps=2048? SB3 collects a whole rollout: 2048 steps, then
     # n_epochs=10 passes of 2048/64 = 32 mini-batches
     check_the_steps_used_the_diagonals(model, recorded, model._n_updates * 32)
+
+
+@pytest.mark.slow
+def test_the_example_runs_as_a_script_for_a_few_thousand_steps():
+    import os
+    import subprocess
+    import sys
+
+    src = str(EXAMPLE.parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    algo = "ppo" if PPO_SUPPORTED else "a2c"
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--algo", algo, "--steps", "3000", "--delta", "1e-8"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    steps = 2 * 10 * 32 if algo == "ppo" else 600  # PPO: 2 rollouts of 2048, 10 x 32 updates
+    assert f"AdaHesScale took {steps} steps" in done.stdout
