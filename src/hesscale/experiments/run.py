@@ -324,7 +324,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--eval-every", type=int, default=None, help="evaluate on the test split every N steps"
     )
     parser.add_argument(
-        "--hidden", type=_int_list, default=None, help="hidden sizes of fc_* networks, e.g. 64,32"
+        "--hidden",
+        type=_int_list,
+        default=None,
+        help="hidden sizes of fc_* and RL networks, e.g. 64,32",
     )
     parser.add_argument(
         "--opt",
@@ -343,7 +346,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="RL tasks: an algorithm option, e.g. --algo-opt gamma=0.995 (repeatable)",
+        help="RL tasks: an algorithm option, e.g. --algo-opt gamma=0.995 (repeatable); "
+        + "; ".join(f"{algo}: {', '.join(options)}" for algo, options in RL_ALGORITHMS.items()),
     )
     parser.add_argument(
         "--label", default=None, help="name to group the run under in plots (default: learner)"
