@@ -26,7 +26,6 @@ from hesscale.experiments.plot import (
     _plain_log_ticks,
     _style,
     _twin_role,
-    best,
     identical_to,
     stderr,
 )
@@ -84,6 +83,11 @@ class RLConfig(Config):
             np.array_equal(filled_returns(mine[s]), filled_returns(theirs[s]), equal_nan=True)
             for s in mine
         )
+
+
+def best(configs: list[RLConfig]) -> RLConfig:
+    """The configuration with the highest average return."""
+    return min(configs, key=lambda config: config.score())
 
 
 def as_rl(learners: dict[str, list[Config]]) -> dict[str, list[RLConfig]]:
