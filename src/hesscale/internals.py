@@ -69,3 +69,26 @@ def grad_stamp(grad: torch.Tensor) -> tuple[int, int]:
     counter (``Tensor._version``), which every in-place change (accumulation, ``zero_()``)
     increments."""
     return id(grad), grad._version
+
+
+# DistributedDataParallel -------------------------------------------------------------------
+
+
+def ddp_syncs_this_backward(ddp: torch.nn.Module) -> bool:
+    """Whether DDP all-reduces the gradients in the backward pass of its last forward: DDP
+    decides in the forward (False inside ``no_sync()``) and records it in
+    ``require_forward_param_sync``."""
+    return bool(ddp.require_forward_param_sync)
+
+
+def ddp_parameters(ddp: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters DDP averages: those of ``ddp.module`` that require grad, minus
+    ``parameters_to_ignore`` (fully qualified names)."""
+    ignored = set(ddp.parameters_to_ignore)
+    return [
+        p for name, p in ddp.module.named_parameters() if p.requires_grad and name not in ignored
+    ]
+
+
+def ddp_process_group(ddp: torch.nn.Module):
+    return ddp.process_group
