@@ -92,3 +92,21 @@ def ddp_parameters(ddp: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def ddp_process_group(ddp: torch.nn.Module):
     return ddp.process_group
+
+
+# torch.amp.GradScaler ------------------------------------------------------------------------
+
+
+def unscale_through(scaler, optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """For an optimizer whose ``step`` takes ``grad_scaler`` (GradScaler passes itself to
+    optimizers with ``_step_supports_amp_scaling``): unscale its gradients through the scaler
+    unless ``scaler.unscale_(optimizer)`` already did, and return (1 / scale, the number of
+    non-finite gradients found), from the scaler's private per-optimizer state."""
+    from torch.amp.grad_scaler import OptState
+
+    state = scaler._per_optimizer_states[id(optimizer)]
+    if state["stage"] is OptState.READY:
+        scaler.unscale_(optimizer)
+    inv_scale = scaler._scale.double().reciprocal().float()
+    found_inf = sum(v.to(inv_scale.device) for v in state["found_inf_per_device"].values())
+    return inv_scale, found_inf
