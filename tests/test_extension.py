@@ -489,3 +489,15 @@ def test_gradient_accumulation_keeps_only_the_last_pass():
             loss_fn(model(x), y).backward()
     assert (separate[0] - separate[1]).abs().max() > 1e-3
     assert_close(model[0].weight.hesscale, separate[1])
+
+
+def test_gaussian_nll_with_a_number_as_variance():
+    torch.manual_seed(15)
+    layer, loss_fn = nn.Linear(3, 2), nn.GaussianNLLLoss(reduction="sum")
+    x, y = torch.randn(4, 3), torch.randn(4, 2)
+    model, loss_module = extend(nn.Sequential(layer)), extend(loss_fn)
+    with backpack(HesScale()):
+        loss_module(model(x), y, 0.5).backward()
+    exact = last_layer_exact(model, lambda out, target: loss_fn(out, target, 0.5), x, y)
+    for name, p in layer.named_parameters():
+        assert_close(p.hesscale, exact[name])
