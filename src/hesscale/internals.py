@@ -22,11 +22,56 @@ def saved_value(node: Node, name: str) -> Any:
     The names are those of torch's derivatives.yaml (e.g. ``self``, ``mat1``, ``result``);
     ``shared/notes/autograd-nodes.md`` lists the ones common models record.
     """
-    return getattr(node, "_saved_" + name)
+    return _signed(getattr(node, "_saved_" + name))
+
+
+def _signed(value: Any) -> Any:
+    """torch 2.x hands some saved int64 values (e.g. a softmax's dim=-1) to Python as unsigned:
+    2**64 - 1 for -1. Map them back."""
+    if isinstance(value, int) and value >= 2**63:
+        return value - 2**64
+    if isinstance(value, tuple) and any(isinstance(v, int) and v >= 2**63 for v in value):
+        return tuple(_signed(v) for v in value)
+    return value
 
 
 def has_saved_value(node: Node, name: str) -> bool:
     return hasattr(node, "_saved_" + name)
+
+
+def accumulated_variable(node: Node) -> torch.Tensor | None:
+    """The leaf tensor an ``AccumulateGrad`` node accumulates into (None for other nodes)."""
+    return getattr(node, "variable", None)
+
+
+def forward_traceback(node: Node) -> str | None:
+    """The forward-pass traceback autograd's anomaly mode stores in a node, if it ran (the
+    last frames, where the operation was called)."""
+    frames = node.metadata.get("traceback_")
+    if not frames:
+        return None
+    return "".join(frames[-4:]) if isinstance(frames, list) else str(frames)
+
+
+def apply_backward(node: Node, *grads_out: torch.Tensor | None) -> tuple:
+    """Run a node's backward formula on ``grads_out`` (one per forward output; None: zero):
+    its vector-Jacobian product, one entry per input (None where an input needs none).
+    Calling a node directly runs neither its hooks nor autograd's bookkeeping."""
+    result = node(*grads_out)
+    return result if isinstance(result, tuple) else (result,)
+
+
+def output_shape(node: Node, index: int) -> tuple[int, ...]:
+    """The shape of forward output ``index`` of ``node`` (the tensor its gradient has),
+    from autograd's ``_input_metadata`` (a node's inputs are the forward outputs)."""
+    return tuple(node._input_metadata[index].shape)
+
+
+def grad_stamp(grad: torch.Tensor) -> tuple[int, int]:
+    """Identifies a gradient tensor's current contents: its identity and autograd's version
+    counter (``Tensor._version``), which every in-place change (accumulation, ``zero_()``)
+    increments."""
+    return id(grad), grad._version
 
 
 # --- the autograd engine (used by the BackPACK adaptor's per-pass bookkeeping) --------------

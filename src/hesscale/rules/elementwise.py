@@ -63,12 +63,28 @@ def tanh_derivatives_from_output(t: Tensor) -> Derivatives:
     return first, -2 * t * first
 
 
-def elu_derivatives(x: Tensor, alpha: float, scale: float = 1.0) -> Derivatives:
-    """scale * elu(x): x > 0 gives (scale, 0), otherwise both are scale * alpha * exp(x)."""
-    negative = scale * alpha * torch.exp(torch.clamp(x, max=0))
+def elu_derivatives(
+    x: Tensor, alpha: float, scale: float = 1.0, input_scale: float = 1.0
+) -> Derivatives:
+    """scale * elu(input_scale * x): x > 0 gives (scale, 0); otherwise
+    z = scale alpha (exp(input_scale x) - 1), sigma' = scale alpha input_scale exp(input_scale x)
+    and sigma'' = input_scale * sigma'. (CELU: alpha, scale 1, input_scale 1 / alpha.)"""
+    negative = scale * alpha * input_scale * torch.exp(input_scale * torch.clamp(x, max=0))
     positive = x > 0
     first = torch.where(positive, torch.full_like(x, scale), negative)
-    second = torch.where(positive, torch.zeros_like(x), negative)
+    second = torch.where(positive, torch.zeros_like(x), input_scale * negative)
+    return first, second
+
+
+def elu_derivatives_from_output(
+    z: Tensor, alpha: float, scale: float = 1.0, input_scale: float = 1.0
+) -> Derivatives:
+    """The same from the output (in-place ELU): where z <= 0,
+    scale alpha exp(input_scale x) = z + scale alpha."""
+    negative = input_scale * (z + scale * alpha)
+    positive = z > 0
+    first = torch.where(positive, torch.full_like(z, scale), negative)
+    second = torch.where(positive, torch.zeros_like(z), input_scale * negative)
     return first, second
 
 
@@ -129,3 +145,60 @@ def gelu_derivatives(x: Tensor, approximate: str = "none") -> Derivatives:
     pdf = torch.exp(-0.5 * x.square()) / math.sqrt(2 * math.pi)
     cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2.0)))
     return cdf + x * pdf, pdf * (2 - x.square())
+
+
+# elementwise functions of arithmetic (the engine's operations on any tensor) ---------------
+
+
+def power_derivatives(x: Tensor, p: float) -> Derivatives:
+    """x^p: sigma' = p x^(p-1), sigma'' = p (p - 1) x^(p-2)."""
+    if p == 2:
+        return 2 * x, 2.0
+    if p == 1:
+        return torch.ones_like(x), 0.0
+    if p == 0:
+        return torch.zeros_like(x), 0.0
+    return p * x.pow(p - 1), p * (p - 1) * x.pow(p - 2)
+
+
+def exp_derivatives_from_output(z: Tensor) -> Derivatives:
+    """exp(x) = z: sigma' = sigma'' = z."""
+    return z, z
+
+
+def log_derivatives(x: Tensor) -> Derivatives:
+    """log(x): sigma' = 1 / x, sigma'' = -1 / x^2."""
+    inverse = x.reciprocal()
+    return inverse, -inverse.square()
+
+
+def sqrt_derivatives_from_output(z: Tensor) -> Derivatives:
+    """sqrt(x) = z: sigma' = 1 / (2 z), sigma'' = -1 / (4 z^3)."""
+    half_inverse = 0.5 / z
+    return half_inverse, -2 * half_inverse.pow(3)
+
+
+def rsqrt_derivatives_from_output(z: Tensor) -> Derivatives:
+    """x^(-1/2) = z: sigma' = -z^3 / 2, sigma'' = 3 z^5 / 4."""
+    z3 = z.pow(3)
+    return -0.5 * z3, 0.75 * z3 * z.square()
+
+
+def reciprocal_derivatives_from_output(z: Tensor) -> Derivatives:
+    """1 / x = z: sigma' = -z^2, sigma'' = 2 z^3."""
+    z2 = z.square()
+    return -z2, 2 * z2 * z
+
+
+def abs_derivatives(x: Tensor) -> Derivatives:
+    """|x|: sigma' = sign(x) (0 at 0, as torch's gradient), sigma'' = 0."""
+    return torch.sign(x), 0.0
+
+
+def mish_derivatives(x: Tensor) -> Derivatives:
+    """x tanh(softplus(x)): with t = tanh(softplus(x)), s = sigmoid(x), u = (1 - t^2) s:
+    sigma' = t + x u, sigma'' = 2 u + x u (s (1 - s) / s - 2 t s) = u (2 + x (1 - s - 2 t s))."""
+    t = torch.tanh(torch.nn.functional.softplus(x))
+    s = torch.sigmoid(x)
+    u = (1 - t.square()) * s
+    return t + x * u, u * (2 + x * (1 - s - 2 * t * s))

@@ -131,3 +131,47 @@ def gaussian_nll_diag(
     h_v = ((mean - target).square() / v**3 - 0.5 / v.square()) * scale
     h_var = h_v.sum_to_size(v.shape).reshape(var.shape)  # h_v has the loss shape
     return h_mean, h_var
+
+
+# derivatives of loss kernels w.r.t. each input, for the engine (h = first^2 h_z + second g_z)
+
+
+def reduction_scale(reduction: int, numel: int) -> float:
+    """What torch multiplies each element's loss by: 1/numel for 'mean' (NaN if empty), 1 for
+    'sum' and 'none'. ``reduction`` is ATen's code: 0 none, 1 mean, 2 sum."""
+    if reduction == 1:
+        return 1.0 / numel if numel else float("nan")
+    return 1.0
+
+
+def mse_derivatives(prediction: Tensor, target: Tensor, scale: float) -> tuple[Tensor, float]:
+    """c (x - y)^2 per element: dl/dx = 2 c (x - y), d^2l/dx^2 = 2 c (for y: the negative
+    first derivative and the same second)."""
+    return 2 * scale * (prediction - target), 2 * scale
+
+
+def bce_with_logits_derivatives(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    """l = -c w [q y log s + (1 - y) log(1 - s)], s = sigmoid(x), q = pos_weight:
+    dl/dx = c w ((q y + 1 - y) s - q y), d^2l/dx^2 = c w (q y + 1 - y) s (1 - s)."""
+    s = torch.sigmoid(logits)
+    q_y = target if pos_weight is None else pos_weight * target
+    mix = q_y + 1 - target
+    factor = scale if weight is None else scale * weight
+    return factor * (mix * s - q_y), factor * mix * s * (1 - s)
+
+
+def bce_with_logits_target_derivative(
+    logits: Tensor, weight: Tensor | None, pos_weight: Tensor | None, scale: float
+) -> Tensor:
+    """dl/dy = -c w (q log s - log(1 - s)); l is linear in y (d^2l/dy^2 = 0)."""
+    log_s = torch.nn.functional.logsigmoid(logits)
+    log_not_s = torch.nn.functional.logsigmoid(-logits)
+    q_log_s = log_s if pos_weight is None else pos_weight * log_s
+    factor = scale if weight is None else scale * weight
+    return -factor * (q_log_s - log_not_s)

@@ -1,0 +1,293 @@
+"""``hesscale.backward``: autograd's backward pass, with the diagonals computed beside it.
+
+Autograd runs the backward pass as usual (so ``p.grad``, hooks, DDP and ``inputs=`` behave
+exactly as for ``loss.backward()``). A hook on every node of the recorded graph runs after the
+node, when autograd has summed the gradient w.r.t. each of its outputs (``g``); by then every
+consumer of those outputs has run too, so their diagonals (``h``) are complete as well. The
+node's rule maps (h, g) to one diagonal per input, which the hook adds to what that input's
+producer receives. Diagonals live exactly as long as the gradients do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from hesscale.engine import graph as graphs
+from hesscale.engine.call import NodeCall
+from hesscale.engine.registry import RULES
+from hesscale.errors import HesScaleError
+from hesscale.internals import grad_stamp
+
+Node = torch.autograd.graph.Node
+Variant = Literal["hesscale", "hesscale_gn"]
+
+# autograd's own backward; ``enable`` replaces ``torch.autograd.backward`` while it is active.
+autograd_backward = torch.autograd.backward
+
+
+def variants_of(gn: bool | str) -> tuple[Variant, ...]:
+    """gn=False: HesScale; gn=True: HesScaleGN; gn='both': both in one pass."""
+    if gn is False:
+        return ("hesscale",)
+    if gn is True:
+        return ("hesscale_gn",)
+    if gn == "both":
+        return ("hesscale", "hesscale_gn")
+    raise ValueError(f"gn={gn!r}: use False (HesScale), True (HesScaleGN) or 'both'.")
+
+
+class DiagonalBackward:
+    """One diagonal backward pass over the graph of ``loss`` (see ``hesscale.backward``)."""
+
+    def __init__(
+        self,
+        loss: Tensor,
+        variants: Sequence[Variant],
+        output: Tensor | Iterable[Tensor] | None = None,
+    ) -> None:
+        _check_loss(loss)
+        self.loss = loss
+        self.variants = tuple(variants)
+        self.graph = graphs.Graph(loss.grad_fn)
+        self.graph.check_supported()
+        self.network = self._network(output) if "hesscale_gn" in self.variants else set()
+        # per variant: (node, output index) -> the diagonal that node's output has received
+        self.pending: list[dict[tuple[Node, int], Tensor | None]] = [{} for _ in self.variants]
+        # per variant: leaf tensor id -> (leaf, its diagonal so far)
+        self.leaf_diagonals: list[dict[int, tuple[Tensor, Tensor | None]]] = [
+            {} for _ in self.variants
+        ]
+
+    def _network(self, output: Tensor | Iterable[Tensor] | None) -> set[Node]:
+        if output is None:
+            starts = graphs.detect_network_outputs(self.graph)
+        else:
+            starts = graphs.output_edges(output)
+            missing = [n for n in starts if n not in self.graph.edges]
+            if missing:
+                raise HesScaleError(
+                    "output= names a tensor the loss does not depend on (its "
+                    f"{missing[0].name()} is not in the loss's graph)."
+                )
+        return graphs.below(self.graph, starts)
+
+    def run(
+        self,
+        inputs: Sequence[Tensor] | None,
+        retain_graph: bool | None,
+        gradient: Tensor | None = None,
+    ) -> None:
+        self.accumulates = [
+            {id(leaf) for leaf in self.graph.leaves.values() if _continues(leaf, variant)}
+            for variant in self.variants
+        ]
+        handles = [node.register_hook(self._hook_for(node)) for node in self.graph.edges]
+        try:
+            autograd_backward(self.loss, gradient, retain_graph, inputs=inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self._write_leaves()
+
+    # the per-node step ---------------------------------------------------------------------
+
+    def _hook_for(self, node: Node):
+        rule = RULES[node.name()].rule
+        edges = self.graph.edges[node]
+        leaves = self.graph.leaves
+        second_order = [
+            variant == "hesscale" or node not in self.network for variant in self.variants
+        ]
+
+        def hook(grad_inputs: tuple, grad_outputs: tuple) -> None:
+            for v, pending in enumerate(self.pending):
+                h_out = tuple(pending.pop((node, j), None) for j in range(len(grad_outputs)))
+                h_in = _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order[v])
+                for (child, nr), h, grad in zip(edges, h_in, grad_inputs, strict=True):
+                    if child is None or grad is None:
+                        continue
+                    if child in leaves:
+                        self._add_to_leaf(v, leaves[child], h)
+                    elif h is not None:
+                        pending[(child, nr)] = _add(pending.get((child, nr)), h)
+
+        return hook
+
+    def _add_to_leaf(self, v: int, leaf: Tensor, h: Tensor | None) -> None:
+        store = self.leaf_diagonals[v]
+        previous = store.get(id(leaf))
+        store[id(leaf)] = (leaf, _add(None if previous is None else previous[1], h))
+
+    # results -------------------------------------------------------------------------------
+
+    def _write_leaves(self) -> None:
+        """Set ``leaf.<variant>``, summed into the previous value exactly when the gradient
+        sums into the previous ``leaf.grad`` (see ``_continues``)."""
+        for v, variant in enumerate(self.variants):
+            for key, (leaf, h) in self.leaf_diagonals[v].items():
+                h = torch.zeros_like(leaf) if h is None else h.to(leaf.dtype)
+                if key in self.accumulates[v]:
+                    h = getattr(leaf, variant) + h
+                if leaf.grad is not None:
+                    h._hesscale_grad_stamp = grad_stamp(leaf.grad)
+                setattr(leaf, variant, h)
+
+
+def _continues(leaf: Tensor, variant: str) -> bool:
+    """Whether this pass adds to ``leaf.<variant>``: it was written together with the gradient
+    ``leaf.grad`` holds now (same tensor, unchanged since), so both accumulate. After
+    ``zero_grad()`` (set to None, or zeroed in place) or any other change of the gradient the
+    diagonal starts afresh."""
+    previous = getattr(leaf, variant, None)
+    if previous is None or leaf.grad is None:
+        return False
+    return getattr(previous, "_hesscale_grad_stamp", None) == grad_stamp(leaf.grad)
+
+
+def _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order: bool) -> list:
+    """Run ``rule`` on one node: one diagonal per input, in the input's shape (None: zero, or
+    no diagonal needed)."""
+    call = NodeCall(node, h_out, grad_outputs, grad_inputs, second_order)
+    with torch.no_grad():
+        h_in = rule(call)
+    results = []
+    for h, grad in zip(h_in, grad_inputs, strict=True):
+        if h is None or grad is None:
+            results.append(None)
+        elif h.shape != grad.shape:
+            results.append(h.sum_to_size(grad.shape))  # a broadcast input sums its copies
+        else:
+            results.append(h)
+    return results
+
+
+def node_diagonals(
+    node: Node,
+    h_out: Sequence[Tensor | None],
+    g_out: Sequence[Tensor | None],
+    second_order: bool = True,
+) -> list[Tensor | None]:
+    """The diagonal each input of one recorded node receives, given the diagonal ``h_out`` and
+    the gradient ``g_out`` w.r.t. each of its outputs (None: zero). For testing a rule, or
+    writing one: the node's own gradients come from its backward formula."""
+    from hesscale.internals import apply_backward, output_shape
+
+    entry = RULES.get(node.name())
+    if entry is None:
+        raise HesScaleError(f"No HesScale rule for the autograd node {node.name()}.")
+    grad_inputs = [  # as autograd's engine passes them: summed to each input's shape
+        None if grad is None or child is None else grad.sum_to_size(output_shape(child, nr))
+        for grad, (child, nr) in zip(apply_backward(node, *g_out), node.next_functions, strict=True)
+    ]
+    return _apply(entry.rule, node, tuple(h_out), tuple(g_out), grad_inputs, second_order)
+
+
+def _add(previous: Tensor | None, h: Tensor | None) -> Tensor | None:
+    if previous is None:
+        return h
+    if h is None:
+        return previous
+    return previous + h
+
+
+def _check_loss(loss: object) -> None:
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"hesscale.backward(loss): loss must be a tensor, not {type(loss)}.")
+    if loss.numel() != 1:
+        raise HesScaleError(
+            f"hesscale.backward(loss): loss must be a scalar (one element), got shape "
+            f"{tuple(loss.shape)}; reduce it (e.g. .mean() or .sum()) first."
+        )
+    if loss.grad_fn is None:
+        raise HesScaleError(
+            "hesscale.backward(loss): loss has no grad_fn: it was not computed from tensors "
+            "that require grad (or under torch.no_grad())."
+        )
+
+
+def backward(
+    loss: Tensor,
+    gn: bool | Literal["both"] = False,
+    *,
+    output: Tensor | Iterable[Tensor] | None = None,
+    inputs: Sequence[Tensor] | None = None,
+    retain_graph: bool | None = None,
+) -> None:
+    """``loss.backward()`` that also leaves the HesScale diagonal in every leaf it reaches.
+
+    Afterwards each parameter (each leaf that requires grad) the loss depends on holds
+    ``p.grad``, exactly as after ``loss.backward()``, and ``p.hesscale`` (``gn=True``:
+    ``p.hesscale_gn``; ``gn='both'``: both), same shape and dtype as ``p``. Like the gradient,
+    the diagonal accumulates over several backward passes (gradient accumulation) and starts
+    afresh after ``zero_grad()``.
+
+    For every operation z = f(x_1, ..., x_m) of the recorded graph, with h the diagonal and g
+    the gradient w.r.t. z, each input x_i receives
+    diag(J_i^T diag(h) J_i) + sum_k g_k diag(d^2 z_k / d x_i^2); a tensor used several times
+    sums what it receives, and the loss starts with h = 0, g = 1. HesScaleGN drops the second
+    term in the network, i.e. below its output: the inputs of the loss functions at the top of
+    the graph (cross-entropy, NLL, MSE, BCE, ...), or the tensors named by ``output``.
+
+    Args:
+        loss: a scalar tensor with a graph.
+        gn: False for HesScale, True for HesScaleGN, 'both' for both in one pass.
+        output: the network output(s) for HesScaleGN, when the loss is not built from one of
+            the loss functions it recognises (e.g. a hand-written Gaussian log-likelihood).
+        inputs: as for ``loss.backward(inputs=...)``: only these leaves get results.
+        retain_graph: as for ``loss.backward()``.
+    """
+    DiagonalBackward(loss, variants_of(gn), output).run(inputs, retain_graph)
+
+
+_enabled: list[dict] = []  # the settings of the active ``enable`` blocks, innermost last
+
+
+@contextmanager
+def enable(gn: bool | Literal["both"] = False) -> Iterator[None]:
+    """Within the block, every ``loss.backward()`` (and ``torch.autograd.backward``) on a
+    scalar loss runs as ``hesscale.backward(loss, gn=gn)``: for training code that calls
+    backward itself, e.g. a framework's loop::
+
+        with hesscale.enable():
+            trainer.fit(model)        # its loss.backward() calls now fill p.hesscale too
+
+    A backward pass that cannot compute the diagonal (a non-scalar root, create_graph=True)
+    raises HesScaleError. ``torch.autograd.grad`` is not affected. Blocks nest (the innermost
+    settings apply); the patch is process-wide while any block is active.
+    """
+    variants = variants_of(gn)  # validate before patching anything
+    _enabled.append({"variants": variants})
+    torch.autograd.backward = _backward_with_diagonals
+    try:
+        yield
+    finally:
+        _enabled.pop()
+        if not _enabled:
+            torch.autograd.backward = autograd_backward
+
+
+def _backward_with_diagonals(
+    tensors,
+    grad_tensors=None,
+    retain_graph=None,
+    create_graph=False,
+    grad_variables=None,
+    inputs=None,
+):
+    """``torch.autograd.backward`` while ``enable`` is active."""
+    loss = tensors[0] if isinstance(tensors, list | tuple) and len(tensors) == 1 else tensors
+    if isinstance(grad_tensors, list | tuple) and len(grad_tensors) == 1:
+        grad_tensors = grad_tensors[0]
+    if not isinstance(loss, Tensor) or create_graph or grad_variables is not None:
+        raise HesScaleError(
+            "hesscale.enable: a backward pass that HesScale cannot serve (several root tensors "
+            "or create_graph=True). Call it outside the `with hesscale.enable():` block."
+        )
+    inputs = [inputs] if isinstance(inputs, Tensor) else inputs
+    settings = _enabled[-1]
+    DiagonalBackward(loss, settings["variants"]).run(inputs, retain_graph, grad_tensors)

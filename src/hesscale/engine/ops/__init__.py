@@ -1,0 +1,12 @@
+"""The engine's rules, one module per family of autograd nodes. Importing this registers them.
+
+Each rule reads what its node saved, and calls the formulas in ``hesscale.rules``.
+"""
+
+from hesscale.engine.ops import (  # noqa: F401
+    activations,
+    arithmetic,
+    linear_algebra,
+    losses,
+    shape,
+)

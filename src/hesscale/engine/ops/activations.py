@@ -1,0 +1,120 @@
+"""Activation functions and the softmax family (formulas: rules.elementwise, rules.softmax)."""
+
+from __future__ import annotations
+
+from hesscale.engine.call import NodeCall
+from hesscale.engine.ops.common import unary
+from hesscale.engine.registry import register
+from hesscale.internals import saved_value
+from hesscale.rules import elementwise, softmax
+
+
+@register("ReluBackward0")
+def relu(call: NodeCall):
+    """h_x = h_z where x > 0 (ReLU has no curvature); ``result`` is positive exactly there."""
+    h = call.h
+    return (None if h is None else elementwise.relu_input(h, call.saved("result")),)
+
+
+@register("TanhBackward0")
+def tanh(call: NodeCall):
+    return unary(call, lambda: elementwise.tanh_derivatives_from_output(call.saved("result")))
+
+
+@register("SigmoidBackward0")
+def sigmoid(call: NodeCall):
+    return unary(call, lambda: elementwise.sigmoid_derivatives_from_output(call.saved("result")))
+
+
+@register("LeakyReluBackward0")
+def leaky_relu(call: NodeCall):
+    slope = call.saved("negative_slope")
+    return unary(call, lambda: elementwise.leaky_relu_derivatives(call.saved("self"), slope))
+
+
+def _nonnegative_slope(node) -> str | None:
+    if saved_value(node, "negative_slope") < 0:
+        return "in-place leaky_relu with a negative slope (use inplace=False)"
+    return None
+
+
+@register("LeakyReluBackward1", check=_nonnegative_slope)
+def leaky_relu_inplace(call: NodeCall):
+    """In-place: the output is positive exactly where the input is (for a slope >= 0)."""
+    slope = call.saved("negative_slope")
+    return unary(call, lambda: elementwise.leaky_relu_derivatives(call.saved("result"), slope))
+
+
+@register("EluBackward0")
+def elu(call: NodeCall):
+    """ELU, SELU (torch records both as ELU with scales)."""
+    args = call.saved("alpha"), call.saved("scale"), call.saved("input_scale")
+    return unary(call, lambda: elementwise.elu_derivatives(call.saved("self"), *args))
+
+
+@register("EluBackward1")
+def elu_inplace(call: NodeCall):
+    args = call.saved("alpha"), call.saved("scale"), call.saved("input_scale")
+    return unary(call, lambda: elementwise.elu_derivatives_from_output(call.saved("result"), *args))
+
+
+@register("CeluBackward0")
+def celu(call: NodeCall):
+    """celu(x, alpha) = elu with input scale 1 / alpha."""
+    alpha = call.saved("alpha")
+    return unary(
+        call, lambda: elementwise.elu_derivatives(call.saved("self"), alpha, 1.0, 1.0 / alpha)
+    )
+
+
+@register("SoftplusBackward0")
+def softplus(call: NodeCall):
+    beta, threshold = call.saved("beta"), call.saved("threshold")
+    return unary(
+        call, lambda: elementwise.softplus_derivatives(call.saved("self"), beta, threshold)
+    )
+
+
+@register("LogSigmoidBackward0")
+def log_sigmoid(call: NodeCall):
+    return unary(call, lambda: elementwise.logsigmoid_derivatives(call.saved("self")))
+
+
+@register("SiluBackward0")
+def silu(call: NodeCall):
+    return unary(call, lambda: elementwise.silu_derivatives(call.saved("self")))
+
+
+@register("GeluBackward0")
+def gelu(call: NodeCall):
+    approximate = call.saved("approximate")
+    return unary(call, lambda: elementwise.gelu_derivatives(call.saved("self"), approximate))
+
+
+@register("MishBackward0")
+def mish(call: NodeCall):
+    return unary(call, lambda: elementwise.mish_derivatives(call.saved("self")))
+
+
+@register("SoftmaxBackward0")
+def softmax_(call: NodeCall):
+    """Softmax along ``dim``, with its full Jacobian (rules.softmax)."""
+    h, g = call.h, call.g
+    if h is None and g is None:
+        return (None,)
+    probs = call.saved("result")
+    return (softmax.softmax_input(probs, _or_zeros(h, probs), g, call.saved("dim")),)
+
+
+@register("LogSoftmaxBackward0")
+def log_softmax(call: NodeCall):
+    """Log-softmax along ``dim``, with its full Jacobian (rules.softmax)."""
+    h, g = call.h, call.g
+    if h is None and g is None:
+        return (None,)
+    probs = call.saved("result").exp()
+    return (softmax.log_softmax_input(probs, _or_zeros(h, probs), g, call.saved("dim")),)
+
+
+def _or_zeros(h, like):
+    return like.new_zeros(()).expand_as(like) if h is None else h

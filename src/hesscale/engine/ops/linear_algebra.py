@@ -1,0 +1,68 @@
+"""Matrix products: mm, addmm (nn.Linear), bmm, baddbmm, mv, dot (formulas: rules.matmul)."""
+
+from __future__ import annotations
+
+from hesscale.engine.call import NodeCall
+from hesscale.engine.ops.common import scaled
+from hesscale.engine.registry import register
+from hesscale.rules import arithmetic, matmul
+
+
+def _product(call: NodeCall, left: str, right: str, alpha: float = 1.0):
+    """h for the two factors of z = alpha * left @ right."""
+    h = call.h
+    if h is None:
+        return None, None
+    first, second = len(call.grad_in) - 2, len(call.grad_in) - 1
+    h_left = h_right = None
+    if call.needs(first):
+        h_left = scaled(matmul.matmul_left(h, call.saved(right)), alpha)
+    if call.needs(second):
+        h_right = scaled(matmul.matmul_right(h, call.saved(left)), alpha)
+    return h_left, h_right
+
+
+@register("MmBackward0", "BmmBackward0")
+def mm(call: NodeCall):
+    """z = a @ b."""
+    return _product(call, "self", "mat2")
+
+
+@register("AddmmBackward0")
+def addmm(call: NodeCall):
+    """z = beta M + alpha a @ b (nn.Linear: M the bias, b the transposed weight):
+    h_M = beta^2 h_z, plus the product's."""
+    alpha = call.saved("alpha")
+    return (scaled(call.h, call.saved("beta")), *_product(call, "mat1", "mat2", alpha))
+
+
+@register("BaddbmmBackward0")
+def baddbmm(call: NodeCall):
+    """z = beta M + alpha a @ b, batched."""
+    alpha = call.saved("alpha")
+    return (scaled(call.h, call.saved("beta")), *_product(call, "batch1", "batch2", alpha))
+
+
+@register("MvBackward0")
+def mv(call: NodeCall):
+    """z = A v: h_A = h_z v^2 (outer), h_v = (A^2)^T h_z."""
+    h = call.h
+    if h is None:
+        return None, None
+    matrix, vector = call.saved("self"), call.saved("vec")
+    return (
+        matmul.matrix_vector_matrix(h, vector) if call.needs(0) else None,
+        matmul.matmul_right(h.unsqueeze(-1), matrix).squeeze(-1) if call.needs(1) else None,
+    )
+
+
+@register("DotBackward0")
+def dot(call: NodeCall):
+    """z = x . y: h_x = h_z y^2, h_y = h_z x^2."""
+    h = call.h
+    if h is None:
+        return None, None
+    return (
+        arithmetic.product_factor(h, call.saved("tensor")) if call.needs(0) else None,
+        arithmetic.product_factor(h, call.saved("self")) if call.needs(1) else None,
+    )

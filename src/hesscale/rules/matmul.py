@@ -1,0 +1,26 @@
+"""Matrix products z = a @ b (also batched: the last two dimensions multiply).
+
+z is bilinear, so with the other factor held fixed each input has no curvature of its own, and
+z[i, k] = sum_j a[i, j] b[j, k] links a[i, j] to z[i, k] through the single value b[j, k]:
+
+    h_a = h_z @ (b^2)^T,        h_b = (a^2)^T @ h_z.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def matmul_left(h_out: Tensor, right: Tensor) -> Tensor:
+    """h_a = h_z @ (b * b)^T for z = a @ b."""
+    return h_out @ right.square().mT
+
+
+def matmul_right(h_out: Tensor, left: Tensor) -> Tensor:
+    """h_b = (a * a)^T @ h_z for z = a @ b."""
+    return left.square().mT @ h_out
+
+
+def matrix_vector_matrix(h_out: Tensor, vector: Tensor) -> Tensor:
+    """z = A v: h_A[i, j] = h_z[i] v[j]^2."""
+    return h_out.unsqueeze(-1) * vector.square().unsqueeze(-2)
