@@ -12,7 +12,7 @@ from backpack.extensions import DiagHessian
 from torch import nn
 
 from hesscale import HesScale, HesScaleGN, UnsupportedModuleError
-from hesscale.extensions.hook_warning import HOOK_WARNING
+from hesscale.hook_warning import HOOK_WARNING
 
 
 def test_importing_hesscale_leaves_warning_filters_unchanged():

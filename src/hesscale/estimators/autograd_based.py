@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from hesscale.estimators.base import Estimator, check_samples, clean_gradients, trainable
-from hesscale.extensions.hook_warning import hook_warning_hidden
+from hesscale.hook_warning import hook_warning_hidden
 from hesscale.probes import rademacher
 
 

@@ -15,7 +15,7 @@ from hesscale.estimators.base import Estimator, check_samples, clean_gradients, 
 from hesscale.estimators.bl89 import BL89 as BL89Extension
 from hesscale.extensions import HesScale as HesScaleExtension
 from hesscale.extensions import HesScaleGN as HesScaleGNExtension
-from hesscale.extensions.hook_warning import hook_warning_hidden
+from hesscale.hook_warning import hook_warning_hidden
 
 
 class BackpackEstimator(Estimator):

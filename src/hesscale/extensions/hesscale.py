@@ -8,8 +8,8 @@ from backpack.extensions.module_extension import ModuleExtension
 from torch import Tensor, nn
 
 from hesscale.extensions.base import HesScaleError, UnsupportedModuleError, describe
-from hesscale.extensions.hook_warning import HookWarningSilenced
 from hesscale.extensions.registry import ADAPTORS
+from hesscale.hook_warning import HookWarningSilenced
 from hesscale.internals import (
     BACKWARD_HOOK_NODE,
     ORDER_PRESERVING_NODES,

@@ -1,4 +1,4 @@
-"""Silencing torch's warning about BackPACK's hook on a first layer, during HesScale's passes only.
+"""Silencing torch's warning about BackPACK's hook on a first layer, during hesscale's own calls.
 
 BackPACK hooks every module with ``register_full_backward_hook``. On a module none of whose
 inputs needs a gradient (the first layer of every network) torch warns at every backward pass
@@ -6,8 +6,11 @@ that the hook fires with respect to the outputs. That is exactly what HesScale n
 the message is noise; but torch raises it inside the autograd engine, outside any call of
 hesscale's, so no ``with warnings.catch_warnings()`` can enclose it. Instead, one filter entry
 for this one message is added when a backward pass served by HesScale starts (at its first
-module) and removed when that pass ends or fails. Importing hesscale changes no filter, and
-backward passes without HesScale still show the warning.
+module) and removed when that pass ends or fails; ``hook_warning_hidden()`` does the same around
+a block (hesscale's own backward passes on extended models: estimators, engine, optimizers,
+experiments). Importing hesscale changes no filter, and the user's own backward passes through
+extended models without HesScale still show the warning. Depends on nothing but the standard
+library, so every layer may use it.
 """
 
 from __future__ import annotations
