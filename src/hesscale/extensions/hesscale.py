@@ -14,6 +14,7 @@ from hesscale.internals import (
     BACKWARD_HOOK_NODE,
     ORDER_PRESERVING_NODES,
     Node,
+    accumulated_variable,
     clear_saved_quantities,
     current_graph_task_id,
     queue_engine_callback,
@@ -29,13 +30,13 @@ def _graph_parameters(root: Tensor) -> tuple[list[nn.Parameter], bool]:
     seen: set = set()
     skips_a_hook = False
     stack = [root.grad_fn]
-    while stack:  # runs once per backward pass: kept lean (no getattr defaults, no id())
+    while stack:  # runs once per backward pass
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
-        if hasattr(node, "variable"):  # AccumulateGrad: a leaf, no further nodes
-            variable = node.variable
+        variable = accumulated_variable(node)
+        if variable is not None:  # AccumulateGrad: a leaf, no further nodes
             if isinstance(variable, nn.Parameter) and variable.requires_grad:
                 found[id(variable)] = variable
             continue
