@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from hesscale.rules.precision import promote
+
 
 def softmax_input(probs: Tensor, h_out: Tensor, g_out: Tensor | None, dim: int) -> Tensor:
     """Diagonal w.r.t. the input of softmax; ``probs`` is the softmax output."""
+    probs, h_out, g_out = promote(probs, h_out, g_out)
     p2 = probs.square()
     h_in = p2 * (1 - 2 * probs) * h_out + p2 * (p2 * h_out).sum(dim, keepdim=True)
     if g_out is not None:
@@ -34,6 +37,7 @@ def softmax_input(probs: Tensor, h_out: Tensor, g_out: Tensor | None, dim: int) 
 
 def log_softmax_input(probs: Tensor, h_out: Tensor, g_out: Tensor | None, dim: int) -> Tensor:
     """Diagonal w.r.t. the input of log-softmax; ``probs`` is exp of its output."""
+    probs, h_out, g_out = promote(probs, h_out, g_out)
     h_in = (1 - 2 * probs) * h_out + probs.square() * h_out.sum(dim, keepdim=True)
     if g_out is not None:
         h_in = h_in - probs * (1 - probs) * g_out.sum(dim, keepdim=True)
