@@ -11,7 +11,7 @@ producer receives. Diagonals live exactly as long as the gradients do.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Literal
 
 import torch
@@ -22,6 +22,7 @@ from hesscale.engine import graph as graphs
 from hesscale.engine.call import NodeCall
 from hesscale.engine.registry import RULES
 from hesscale.errors import HesScaleError
+from hesscale.hook_warning import hook_warning_hidden
 from hesscale.internals import grad_stamp
 
 Node = torch.autograd.graph.Node
@@ -88,8 +89,10 @@ class DiagonalBackward:
             for variant in self.variants
         ]
         handles = [node.register_hook(self._hook_for(node)) for node in self.graph.edges]
+        hooks_warn = hook_warning_hidden() if self.graph.has_module_hooks else nullcontext()
         try:
-            autograd_backward(self.loss, gradient, retain_graph, inputs=inputs)
+            with hooks_warn:  # an extended (BackPACK) model: torch's first-layer hook warning
+                autograd_backward(self.loss, gradient, retain_graph, inputs=inputs)
         finally:
             for handle in handles:
                 handle.remove()

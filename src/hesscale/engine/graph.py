@@ -58,8 +58,10 @@ class Graph:
     def check_supported(self) -> None:
         """Raise UnsupportedOperationError for the first node without a rule (or whose
         configuration its rule does not cover), before anything is computed."""
+        self.has_module_hooks = False
         for node in self.edges:
             name = node.name()
+            self.has_module_hooks |= name == "BackwardHookFunctionBackward"
             entry = RULES.get(name)
             reason = None if entry is None or entry.check is None else entry.check(node)
             if entry is not None and reason is None:

@@ -18,6 +18,7 @@ from backpack.extensions.backprop_extension import BackpropExtension
 from torch import Tensor
 
 from hesscale.errors import HesScaleError
+from hesscale.hook_warning import hook_warning_hidden
 from hesscale.internals import unscale_through
 from hesscale.optim import update
 
@@ -209,7 +210,7 @@ class DiagonalAdam(torch.optim.Optimizer):
                 "one-element tensor attached to the graph of the parameters (got "
                 f"{_describe(loss)})."
             )
-        with torch.enable_grad():
+        with torch.enable_grad(), hook_warning_hidden():  # the model may be BackPACK-extended
             self._backward(loss)
         return loss
 
