@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -274,3 +276,33 @@ def test_enable_passes_the_seed_gradient_on():
         F.cross_entropy(model(x), y).backward(torch.tensor(3.0))
     for p, h in zip(model.parameters(), expected, strict=True):
         assert_close(p.hesscale, h)
+
+
+def test_activation_checkpointing_gets_a_clear_error():
+    from torch.utils.checkpoint import checkpoint
+
+    model, (x, y) = mlp(), data()
+    x.requires_grad_(True)
+    for reentrant, match in [(False, "checkpointing"), (True, "use_reentrant=True")]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hidden = checkpoint(lambda t: model[1](model[0](t)), x, use_reentrant=reentrant)
+        with pytest.raises(HesScaleError, match=match):
+            hesscale.backward(F.cross_entropy(model[2](hidden), y))
+        model.zero_grad()
+
+
+def test_compiled_regions_are_named_with_what_to_do():
+    from hesscale.engine.graph import OPAQUE_NODES
+
+    assert "model._orig_mod" in OPAQUE_NODES["CompiledFunctionBackward"]
+
+
+@pytest.mark.slow
+def test_a_compiled_model_gets_a_clear_error():
+    model, (x, y) = mlp(), data()
+    compiled = torch.compile(model)
+    with pytest.raises(UnsupportedOperationError, match="torch.compile"):
+        hesscale.backward(F.cross_entropy(compiled(x), y))
+    hesscale.backward(F.cross_entropy(compiled._orig_mod(x), y))
+    assert model[0].weight.hesscale.abs().sum() > 0

@@ -15,6 +15,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Literal
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
 from hesscale.engine import distributed
@@ -159,8 +160,15 @@ def _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order: bool) -> 
     """Run ``rule`` on one node: one diagonal per input, in the input's shape (None: zero, or
     no diagonal needed)."""
     call = NodeCall(node, h_out, grad_outputs, grad_inputs, second_order)
-    with torch.no_grad():
-        h_in = rule(call)
+    try:
+        with torch.no_grad():
+            h_in = rule(call)
+    except torch.utils.checkpoint.CheckpointError as error:
+        raise HesScaleError(
+            f"{node.name()} saved its tensors under activation checkpointing "
+            "(torch.utils.checkpoint), which lets each be read only once, by autograd; HesScale "
+            "needs them too. Run that part of the model without checkpointing."
+        ) from error
     results = []
     for h, grad in zip(h_in, grad_inputs, strict=True):
         if h is None or grad is None:

@@ -73,6 +73,8 @@ class Graph:
                 f"The autograd operation {name} {problem}. It was reached from the loss through "
                 f"{self.path_to(node)}."
             )
+            if name in OPAQUE_NODES:
+                message += " " + OPAQUE_NODES[name]
             traceback = forward_traceback(node)
             if traceback:
                 message += f"\nIt was recorded in the forward pass at:\n{traceback.rstrip()}"
@@ -86,6 +88,22 @@ class Graph:
                 "autograd.Function can get a rule with hesscale.engine.register."
             )
             raise UnsupportedOperationError(message)
+
+
+# Nodes that hide the operations they stand for, and what to do instead.
+OPAQUE_NODES = {
+    "CompiledFunctionBackward": (
+        "It stands for a region compiled with torch.compile, whose operations autograd does not "
+        "record one by one, so HesScale cannot see them. Run the forward pass of the uncompiled "
+        "model for the steps that need diagonals (torch.compile(model) keeps the original as "
+        "model._orig_mod), or compile only parts that need no diagonal."
+    ),
+    "CheckpointFunctionBackward": (
+        "It stands for a block under reentrant activation checkpointing "
+        "(torch.utils.checkpoint with use_reentrant=True), whose operations autograd records "
+        "only during the backward pass. Run that block without checkpointing."
+    ),
+}
 
 
 # HesScaleGN: where the network ends --------------------------------------------------------

@@ -294,7 +294,9 @@ class DiagonalBackprop(BackpropExtension):
         return (
             f"The backward pass reached {describe(module)} with gradient {gradient!r}, not 1: "
             "the loss must be the last operation (call loss.backward() on the loss module's "
-            "output itself, not on a scaled or transformed version of it)."
+            "output itself, not on a scaled or transformed version of it). hesscale.backward("
+            "loss) serves any loss, scaled ones included (e.g. torch.amp.GradScaler's "
+            "scaler.scale(loss)), on any model."
         )
 
 
