@@ -68,3 +68,23 @@ def test_forward_traceback_under_anomaly_mode():
         with torch.autograd.detect_anomaly(check_nan=False):
             y = x * 2
     assert "test_internals.py" in internals.forward_traceback(y.grad_fn)
+
+
+def test_copy_slices_exposes_the_wrapped_in_place_node():
+    x = torch.randn(3, 4, requires_grad=True)
+    y = torch.randn(3, requires_grad=True)
+    a = x * 1
+    a[:, 0] = y
+    node = a.grad_fn
+    assert node.name() == "torch::autograd::CopySlices"
+    wrapped = internals.wrapped_node(node)
+    assert wrapped.name() == "torch::autograd::CopyBackwards"
+    # the wrapped node's first input is the view (taken from the base), the others are shared
+    assert wrapped.next_functions[0][0].name() == "SelectBackward0"
+    assert wrapped.next_functions[0][0].next_functions[0][0] is node.next_functions[0][0]
+    assert wrapped.next_functions[1][0] is node.next_functions[1][0]
+    assert internals.output_shape(wrapped, 0) == (3,)
+    b = x * 1
+    b[:, :2].mul_(2)
+    assert internals.wrapped_node(b.grad_fn).name() == "MulBackward0"
+    assert internals.wrapped_node(x.exp().grad_fn) is None

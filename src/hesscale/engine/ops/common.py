@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from hesscale.engine.call import NodeCall
+from hesscale.internals import apply_backward
 from hesscale.rules.elementwise import Derivatives, elementwise_input
 
 
@@ -41,3 +43,18 @@ def scaled(h: Tensor | None, factor: float) -> Tensor | None:
     if h is None or factor == 1:
         return h
     return h * (factor * factor)
+
+
+def entrywise_linear(call: NodeCall) -> tuple[Tensor | None, ...]:
+    """For operations where each input entry reaches at most one output entry (per broadcast
+    copy) through a linear, piecewise-linear or multilinear map, so that d^2 z_k / dx_i^2 = 0:
+    diag(J^T diag(h) J)_i = J_ki^2 h_k = (J^T h)_i (J^T 1)_i, the node's backward formula applied
+    to h and to ones (in the output's broadcast shape; the engine sums broadcast copies)."""
+    if call.h is None:
+        return (None,) * len(call.grad_in)
+    spread = apply_backward(call.node, call.h)
+    ones = apply_backward(call.node, torch.ones_like(call.h))
+    return tuple(
+        None if s is None or not call.needs(i) else s * o
+        for i, (s, o) in enumerate(zip(spread, ones, strict=True))
+    )

@@ -59,3 +59,71 @@ def bce_with_logits(call: NodeCall):
         first = losses.bce_with_logits_target_derivative(x, weight, pos_weight, scale)
         h_y = _diagonal(h, None, first, 0.0)
     return (h_x, h_y)
+
+
+def _pointwise_pair(call: NodeCall, first, second):
+    """A loss of d = x - y per element: the same diagonal for x and y (first^2 h + second g;
+    dl/dy = -dl/dx)."""
+    h_x = _diagonal(call.h, call.g, first, second)
+    return (h_x if call.needs(0) else None, h_x if call.needs(1) else None)
+
+
+def _scale(call: NodeCall, x) -> float:
+    return losses.reduction_scale(call.saved("reduction"), x.numel())
+
+
+@register("HuberLossBackward0")
+def huber_loss(call: NodeCall):
+    x, y = call.saved("self"), call.saved("target")
+    first, second = losses.huber_derivatives(x, y, call.saved("delta"), _scale(call, x))
+    return _pointwise_pair(call, first, second)
+
+
+@register("SmoothL1LossBackward0")
+def smooth_l1_loss(call: NodeCall):
+    x, y = call.saved("self"), call.saved("target")
+    first, second = losses.smooth_l1_derivatives(x, y, call.saved("beta"), _scale(call, x))
+    return _pointwise_pair(call, first, second)
+
+
+@register("BinaryCrossEntropyBackward0")
+def binary_cross_entropy(call: NodeCall):
+    """BCE on probabilities (rules.losses.binary_cross_entropy_derivatives); linear in the
+    target."""
+    p, y, weight = call.saved("self"), call.saved("target"), call.saved("weight")
+    scale = _scale(call, p)
+    h, g = call.h, call.g
+    h_p = h_y = None
+    if call.needs(0):
+        first, second = losses.binary_cross_entropy_derivatives(p, y, weight, scale)
+        h_p = _diagonal(h, g, first, second)
+    if call.needs(1) and h is not None:
+        first = losses.binary_cross_entropy_target_derivative(p, weight, scale)
+        h_y = _diagonal(h, None, first, 0.0)
+    return (h_p, h_y)
+
+
+@register("SoftMarginLossBackward0")
+def soft_margin_loss(call: NodeCall):
+    x, y = call.saved("self"), call.saved("target")
+    first, second = losses.soft_margin_derivatives(x, y, _scale(call, x))
+    return (_diagonal(call.h, call.g, first, second), *(None,) * (len(call.grad_in) - 1))
+
+
+@register("MultiMarginLossBackward0")
+def multi_margin_loss(call: NodeCall):
+    """Multi-class hinge loss over the last dimension (rules.losses.multi_margin_derivatives);
+    each sample's scores reach only that sample's loss."""
+    x, target = call.saved("self"), call.saved("target")
+    reduction = call.saved("reduction")
+    samples = x.shape[0] if x.dim() == 2 else 1
+    scale = losses.reduction_scale(reduction, samples)
+    first, second = losses.multi_margin_derivatives(
+        x, target, call.saved("p"), call.saved("margin"), call.saved("weight"), scale
+    )
+    h, g = call.h, call.g
+    if reduction == 0:  # one loss per sample: broadcast over the classes
+        h = None if h is None else h.unsqueeze(-1)
+        g = None if g is None else g.unsqueeze(-1)
+    h_x = None if h is None and isinstance(second, float) else _diagonal(h, g, first, second)
+    return (h_x, *(None,) * (len(call.grad_in) - 1))
