@@ -120,3 +120,36 @@ def test_verdict_requires_a_win_in_every_seed():
     rows[1]["normalised_per_seed"] = [3.0, 1.0 + 1e-13]  # a tie is not a win
     beats_all, lines = verdict(rows)
     assert not beats_all and any("1/2 seeds, equal in 1" in line for line in lines)
+
+
+def test_verdict_tells_ties_from_losses():
+    from hesscale.experiments.approx_quality import verdict_summary
+
+    rows = [
+        {"method": "HesScale", "one_backprop": True, "normalised_per_seed": [1.0, 1.0]},
+        {"method": "BL89", "one_backprop": True, "normalised_per_seed": [3.0, 2.0]},
+        {"method": "KFAC-1", "one_backprop": True, "normalised_per_seed": [5.0, 4.0]},
+    ]
+    assert verdict_summary(rows) == "yes"
+    rows[1]["normalised_per_seed"] = [3.0, 1.0]
+    assert verdict_summary(rows).startswith("no: it ties with BL89 in 1 seed")
+    assert "loses" not in verdict_summary(rows)
+    rows[2]["normalised_per_seed"] = [0.5, 0.4]
+    summary = verdict_summary(rows)
+    assert "it loses to KFAC-1 in 2 seeds" in summary and "ties with BL89" in summary
+    assert any("worse in 2" in line for line in verdict(rows)[1])
+
+
+def test_relu_exact_ggn_is_shown_and_titles_name_the_setting(tmp_path, capsys):
+    """On a ReLU network the GGN diagonal is the Hessian's: error 0, drawn as exact."""
+    from hesscale.experiments.approx_quality import describe_setting, layer_labels
+
+    assert run_cli(tmp_path, "--activation", "relu", "--methods", "HesScale,GGN,Zero") == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    ggn = next(row for row in results["summary"] if row["method"] == "GGN")
+    assert ggn["normalised_mean"] == 0.0
+    assert (tmp_path / "normalised_error.png").read_bytes()[:4] == b"\x89PNG"
+    setting = describe_setting(StudyConfig(seeds=2, steps=3, width=4, depth=2))
+    assert setting == "digits, MLP 2x4 tanh, cross-entropy, 2 seeds x 3 steps"
+    assert layer_labels(["layer 1", "layer 2"]) == ["layer 1", "layer 2 (output)"]
+    assert "L1 3 out" in capsys.readouterr().out

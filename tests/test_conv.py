@@ -11,7 +11,7 @@ from backpack import backpack, extend
 from torch import Tensor, nn
 
 from hesscale import HesScale, HesScaleGN
-from hesscale.extensions.base import UnsupportedModuleError
+from hesscale.errors import UnsupportedModuleError
 from hesscale.extensions.conv import ADAPTORS
 from hesscale.rules import conv as rules
 from tests.oracle import definition_diag, hesscale_by_definition, parameter_fn

@@ -12,24 +12,24 @@ import pytest
 import torch
 
 from hesscale.cli import main as cli
-from hesscale.experiments import cost
+from hesscale.experiments.cost import measure, methods, models
 
 TINY = ["--widths", "8", "--depths", "1", "--batch", "4", "--repeats", "3", "--warmup", "1"]
 
 
 def test_command_writes_table_csv_json_and_plot(tmp_path, capsys):
-    methods = ["HesScale", "HesScaleGN", "DiagGGNMC", "SGD"]
-    assert cli(["cost", *TINY, "--methods", *methods, "--out", str(tmp_path), "--quiet"]) == 0
+    chosen = ["HesScale", "HesScaleGN", "DiagGGNMC", "SGD"]
+    assert cli(["cost", *TINY, "--methods", *chosen, "--out", str(tmp_path), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "HesScaleGN" in printed and "time x" in printed
     with open(tmp_path / "cost.csv") as f:
         rows = {row["method"]: row for row in csv.DictReader(f)}
-    assert list(rows) == [cost.REFERENCE, *methods]
+    assert list(rows) == [methods.REFERENCE, *chosen]
     assert all(row["status"] == "ok" for row in rows.values())
-    assert float(rows[cost.REFERENCE]["time_ratio"]) == 1.0
-    assert float(rows[cost.REFERENCE]["memory_ratio"]) == 1.0
+    assert float(rows[methods.REFERENCE]["time_ratio"]) == 1.0
+    assert float(rows[methods.REFERENCE]["memory_ratio"]) == 1.0
     # HesScale stores one more parameter-sized field than the gradient: more peak memory
-    assert float(rows["HesScale"]["peak_mb"]) > float(rows[cost.REFERENCE]["peak_mb"]) > 0
+    assert float(rows["HesScale"]["peak_mb"]) > float(rows[methods.REFERENCE]["peak_mb"]) > 0
     detailed = json.loads((tmp_path / "cost.json").read_text())
     assert all(len(entry["times_ms"]) == 3 for entry in detailed)
     assert (tmp_path / "cost.png").stat().st_size > 0
@@ -37,21 +37,23 @@ def test_command_writes_table_csv_json_and_plot(tmp_path, capsys):
 
 
 def test_every_method_runs_on_a_tiny_mlp():
-    config = cost.Config(model="mlp", width=6, depth=2, batch=3)
-    results = cost.measure(config, list(cost.METHODS), repeats=2, warmup=1, progress=False)
-    assert {r.method: r.status for r in results} == {name: "ok" for name in cost.METHODS}
+    config = measure.Config(model="mlp", width=6, depth=2, batch=3)
+    results = measure.measure(config, list(methods.METHODS), repeats=2, warmup=1, progress=False)
+    assert {r.method: r.status for r in results} == {name: "ok" for name in methods.METHODS}
     assert all(r.median_ms > 0 and r.peak_mb > 0 for r in results)
 
 
 def test_cnn_runs_with_hesscale():
-    config = cost.Config(model="cnn", width=2, depth=1, batch=2)
-    results = cost.measure(config, ["HesScale", "HesScaleGN"], repeats=2, warmup=1, progress=False)
+    config = measure.Config(model="cnn", width=2, depth=1, batch=2)
+    results = measure.measure(
+        config, ["HesScale", "HesScaleGN"], repeats=2, warmup=1, progress=False
+    )
     assert [r.status for r in results] == ["ok"] * 3
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 def test_cnn_shapes(depth):
-    model = cost.cnn(width=4, depth=depth)
+    model = models.cnn(width=4, depth=depth)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
@@ -64,8 +66,8 @@ def test_peak_memory_counts_what_a_step_allocates():
         b = torch.ones(2 * one_mb // 4)  # 2 MiB: the peak
         del b
 
-    step = cost.Step(run, torch.nn.Linear(1, 1))
-    peak = cost.peak_step_bytes(step, "cpu")
+    step = methods.Step(run, torch.nn.Linear(1, 1))
+    peak = measure.peak_step_bytes(step, "cpu")
     assert 2 * one_mb <= peak < 2 * one_mb + 64 * 1024
 
 
@@ -73,9 +75,9 @@ def test_a_failing_method_is_reported_not_fatal(monkeypatch):
     def broken(problem):
         raise RuntimeError("no rule for this")
 
-    monkeypatch.setitem(cost.METHODS, "Broken", cost.Method("Broken", "curvature", broken))
-    config = cost.Config(width=4, depth=1, batch=2)
-    results = cost.measure(config, ["Broken"], repeats=2, warmup=1, memory=False, progress=False)
+    monkeypatch.setitem(methods.METHODS, "Broken", methods.Method("Broken", "curvature", broken))
+    config = measure.Config(width=4, depth=1, batch=2)
+    results = measure.measure(config, ["Broken"], repeats=2, warmup=1, memory=False, progress=False)
     broken_result = results[-1]
     assert broken_result.status.startswith("skipped: RuntimeError: no rule for this")
     assert math.isnan(broken_result.time_ratio)
@@ -95,18 +97,50 @@ def test_cpu_clock_needs_one_thread(tmp_path, capsys):
 
 def test_a_method_too_slow_at_one_width_is_skipped_at_larger_ones(monkeypatch, tmp_path, capsys):
     def slow(problem):
-        step = cost._plain(problem)
+        step = methods._plain(problem)
         inner = step.run
         step.run = lambda: (time.sleep(0.05), inner())
         return step
 
-    monkeypatch.setitem(cost.METHODS, "Slow", cost.Method("Slow", "curvature", slow))
+    monkeypatch.setitem(methods.METHODS, "Slow", methods.Method("Slow", "curvature", slow))
     widths = ["--widths", "8", "4", "--depths", "1", "--batch", "2", "--repeats", "2"]
     args = [*widths, "--warmup", "1", "--max-step-seconds", "0.01", "--no-memory", "--quiet"]
     assert cli(["cost", *args, "--methods", "Slow", "--out", str(tmp_path)]) == 0
     with open(tmp_path / "cost.csv") as f:
         status = [(row["width"], row["method"], row["status"]) for row in csv.DictReader(f)]
-    assert status[0] == ("4", cost.REFERENCE, "ok")
-    assert status[1][:2] == ("4", "Slow") and status[1][2].startswith(cost.TOO_SLOW + ": one step")
-    assert status[3] == ("8", "Slow", cost.TOO_SLOW)
+    assert status[0] == ("4", methods.REFERENCE, "ok")
+    assert status[1][:2] == ("4", "Slow") and status[1][2].startswith(
+        measure.TOO_SLOW + ": one step"
+    )
+    assert status[3] == ("8", "Slow", measure.TOO_SLOW)
     assert (tmp_path / "cost.png").exists()  # plots without any memory measurement
+
+
+def test_the_cost_cnn_is_the_3c3d_of_the_runs():
+    """One 3c3d in the code base: the cost study's CNN at width 64, depth 3 is cifar10_3c3d."""
+    from hesscale.experiments.networks import build_network
+
+    ours, theirs = models.cnn(64, 3), build_network("cifar10_3c3d", (3, 32, 32), 10)
+    assert [type(m) for m in ours] == [type(m) for m in theirs]
+    assert [p.shape for p in ours.parameters()] == [p.shape for p in theirs.parameters()]
+    pads = [m.padding for m in ours if isinstance(m, torch.nn.ZeroPad2d)]
+    assert pads == [(0, 1, 0, 1), (0, 1, 0, 1), (0, 1, 0, 1)]  # TensorFlow's 'same' pooling
+
+
+def test_cost_plot_puts_outliers_in_their_own_panel_and_names_the_setting(tmp_path):
+    from hesscale.experiments.cost import report
+
+    config = measure.Config(model="mlp", width=8, depth=2, batch=16, threads=1, clock="cpu")
+    results = [
+        measure.Result(config, methods.REFERENCE, "backprop", time_ratio=1.0, memory_ratio=1.0),
+        measure.Result(config, "HesScale", "curvature", time_ratio=2.0, memory_ratio=1.4),
+        measure.Result(config, "DiagHessian", "curvature", time_ratio=150.0, memory_ratio=3.0),
+    ]
+    assert report.outlier_methods(results, "time_ratio") == {"DiagHessian"}
+    assert report.outlier_methods(results, "memory_ratio") == set()
+    title = report.describe_setting(results)
+    assert "MLP" in title and "batch 16" in title and "1 thread" in title and "cpu clock" in title
+    assert report.plot(results, tmp_path / "cost.png").read_bytes()[:4] == b"\x89PNG"
+    strong = report.line_style("HesScale", "curvature", 0)
+    muted = report.line_style("DiagGGNMC", "curvature", 0)
+    assert strong["linewidth"] > muted["linewidth"] and strong["zorder"] > muted["zorder"]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hesscale
+from hesscale.engine.backward import autograd_backward
 from hesscale.errors import HesScaleError, UnsupportedOperationError
 from tests.oracle import assert_close, exact_loss_diag
 
@@ -76,7 +77,9 @@ def test_both_variants_in_one_pass_equal_separate_passes():
     model, (x, y) = mlp(), data()
     hesscale.backward(F.cross_entropy(model(x), y), gn="both")
     both = [(p.hesscale.clone(), p.hesscale_gn.clone()) for p in model.parameters()]
+    model.zero_grad()
     hesscale.backward(F.cross_entropy(model(x), y))
+    model.zero_grad()
     hesscale.backward(F.cross_entropy(model(x), y), gn=True)
     for p, (h, h_gn) in zip(model.parameters(), both, strict=True):
         assert_close(p.hesscale, h)
@@ -137,6 +140,7 @@ def test_gn_asks_for_the_output_when_the_loss_is_hand_written():
     out = model(x)
     hesscale.backward(((out - target) ** 2).mean(), gn=True, output=out)
     gn_hand = [p.hesscale_gn.clone() for p in model.parameters()]
+    model.zero_grad()
     hesscale.backward(F.mse_loss(model(x), target), gn=True)
     for p, h in zip(model.parameters(), gn_hand, strict=True):
         assert_close(p.hesscale_gn, h)
@@ -194,3 +198,79 @@ def test_supported_operations_lists_families():
     families = hesscale.supported_operations()
     assert "AddmmBackward0" in families["linear_algebra"]
     assert "LogcumsumexpBackward0" not in {n for names in families.values() for n in names}
+
+
+def test_diagonals_accumulate_like_gradients_and_restart_after_zero_grad():
+    torch.manual_seed(7)
+    model = mlp()
+    (x1, y1), (x2, y2) = data(), data()
+    hesscale.backward(F.cross_entropy(model(x1), y1, reduction="sum"))
+    hesscale.backward(F.cross_entropy(model(x2), y2, reduction="sum"))
+    accumulated = [(p.grad.clone(), p.hesscale.clone()) for p in model.parameters()]
+    for set_to_none in (True, False):
+        model.zero_grad(set_to_none=set_to_none)
+        x, y = torch.cat([x1, x2]), torch.cat([y1, y2])
+        hesscale.backward(F.cross_entropy(model(x), y, reduction="sum"))
+        for p, (grad, h) in zip(model.parameters(), accumulated, strict=True):
+            torch.testing.assert_close(p.grad, grad, rtol=1e-12, atol=1e-14)
+            assert_close(p.hesscale, h)
+
+
+def test_a_plain_backward_in_between_restarts_the_diagonal():
+    """The diagonal never silently pairs with a gradient it does not describe: after a plain
+    loss.backward() changed p.grad, the next pass does not add to the old diagonal."""
+    torch.manual_seed(8)
+    model, (x, y) = mlp(), data()
+    hesscale.backward(F.cross_entropy(model(x), y))
+    F.cross_entropy(model(x), y).backward()
+    hesscale.backward(F.cross_entropy(model(x), y))
+    single = model[0].weight.hesscale.clone()
+    model.zero_grad()
+    hesscale.backward(F.cross_entropy(model(x), y))
+    assert_close(single, model[0].weight.hesscale)
+
+
+def test_enable_serves_backward_calls_made_by_other_code():
+    torch.manual_seed(9)
+    model, (x, y) = mlp(), data()
+    hesscale.backward(F.cross_entropy(model(x), y), gn="both")
+    expected = [(p.hesscale.clone(), p.hesscale_gn.clone()) for p in model.parameters()]
+    model.zero_grad()
+
+    def framework_step():  # code we do not control
+        F.cross_entropy(model(x), y).backward()
+
+    with hesscale.enable(gn="both"):
+        framework_step()
+    for p, (h, h_gn) in zip(model.parameters(), expected, strict=True):
+        assert_close(p.hesscale, h)
+        assert_close(p.hesscale_gn, h_gn)
+    assert torch.autograd.backward is autograd_backward
+
+
+def test_enable_nests_restores_on_errors_and_refuses_what_it_cannot_serve():
+    model, (x, y) = mlp(), data()
+    original = torch.autograd.backward
+    with pytest.raises(RuntimeError, match="boom"), hesscale.enable():
+        with hesscale.enable(gn=True):
+            pass
+        assert torch.autograd.backward is not original
+        raise RuntimeError("boom")
+    assert torch.autograd.backward is original
+    with hesscale.enable(), pytest.raises(HesScaleError, match="create_graph"):
+        F.cross_entropy(model(x), y).backward(create_graph=True)
+    with pytest.raises(ValueError, match="gn="), hesscale.enable(gn="maybe"):
+        pass
+    assert torch.autograd.backward is original
+
+
+def test_enable_passes_the_seed_gradient_on():
+    torch.manual_seed(10)
+    model, (x, y) = mlp(), data()
+    hesscale.backward(3.0 * F.cross_entropy(model(x), y))
+    expected = [p.hesscale.clone() for p in model.parameters()]
+    model.zero_grad()
+    with hesscale.enable():
+        F.cross_entropy(model(x), y).backward(torch.tensor(3.0))
+    for p, h in zip(model.parameters(), expected, strict=True):
+        assert_close(p.hesscale, h)

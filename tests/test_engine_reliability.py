@@ -225,8 +225,9 @@ def test_inputs_gives_diagonals_for_those_leaves_only(gn):
 
 
 def test_a_second_pass_over_a_retained_graph():
-    """Issue 9: a second backward after retain_graph=True works; like p.grad's value of one
-    pass, p.hesscale holds the latest pass (it is not accumulated), while p.grad sums."""
+    """Issue 9: a second backward after retain_graph=True works; like p.grad, the diagonals
+    accumulate over the two passes (gradient accumulation), and after zero_grad a pass over
+    the same retained graph starts afresh."""
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
     x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
@@ -235,9 +236,15 @@ def test_a_second_pass_over_a_retained_graph():
     first = [
         (p.grad.clone(), p.hesscale.clone(), p.hesscale_gn.clone()) for p in model.parameters()
     ]
-    hesscale.backward(loss, gn="both")
+    hesscale.backward(loss, gn="both", retain_graph=True)
     for p, (grad, h, h_gn) in zip(model.parameters(), first, strict=True):
         torch.testing.assert_close(p.grad, 2 * grad)
+        torch.testing.assert_close(p.hesscale, 2 * h)
+        torch.testing.assert_close(p.hesscale_gn, 2 * h_gn)
+    model.zero_grad()
+    hesscale.backward(loss, gn="both")
+    for p, (grad, h, h_gn) in zip(model.parameters(), first, strict=True):
+        torch.testing.assert_close(p.grad, grad, rtol=0, atol=0)
         torch.testing.assert_close(p.hesscale, h, rtol=0, atol=0)
         torch.testing.assert_close(p.hesscale_gn, h_gn, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="second time"):

@@ -52,3 +52,19 @@ def test_engine_equals_backpack_adaptor(name, batch):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-14)
         assert_close(p.hesscale, q.hesscale)
         assert_close(p.hesscale_gn, q.hesscale_gn)
+
+
+def test_engine_on_an_extended_model_ignores_backpacks_hook_nodes():
+    """extend() inserts identity BackwardHookFunctionBackward nodes; the engine passes the
+    diagonal through them, so an extended model gives what the plain one gives."""
+    torch.manual_seed(3)
+    make_layers, make_loss, in_shape, make_target = NETWORKS["tanh-sigmoid-ce"]
+    layers, loss_fn = make_layers(), make_loss()
+    x, y = torch.randn(3, *in_shape), make_target(3)
+    plain = torch.nn.Sequential(*layers)
+    extended = extend(copy.deepcopy(plain))
+    hesscale.backward(loss_fn(plain(x), y), gn="both")
+    hesscale.backward(extend(copy.deepcopy(loss_fn))(extended(x), y), gn="both")
+    for p, q in zip(plain.parameters(), extended.parameters(), strict=True):
+        assert_close(q.hesscale, p.hesscale)
+        assert_close(q.hesscale_gn, p.hesscale_gn)

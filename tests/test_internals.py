@@ -88,3 +88,11 @@ def test_copy_slices_exposes_the_wrapped_in_place_node():
     b[:, :2].mul_(2)
     assert internals.wrapped_node(b.grad_fn).name() == "MulBackward0"
     assert internals.wrapped_node(x.exp().grad_fn) is None
+
+
+def test_grad_stamp_changes_with_in_place_updates():
+    g = torch.zeros(3)
+    stamp = internals.grad_stamp(g)
+    assert internals.grad_stamp(g) == stamp
+    g.add_(1)
+    assert internals.grad_stamp(g) != stamp

@@ -13,6 +13,7 @@ import torch
 from backpack import backpack, extend
 from torch import nn
 
+import hesscale
 import hesscale.optim.adahessian as adahessian_module
 from hesscale import HesScaleError
 from hesscale.optim import AdaGGNMC, AdaHesScale, AdaHesScaleGN, AdaHessian, NonFiniteError
@@ -251,7 +252,7 @@ def test_adahessian_hutchinson_uses_the_full_hessian(monkeypatch):
         torch.tensor([-1.0, 1], dtype=DTYPE),
     ]
     queue = list(probes)
-    monkeypatch.setattr(adahessian_module, "rademacher_like", lambda t: queue.pop(0))
+    monkeypatch.setattr(adahessian_module, "rademacher", lambda shape, like: queue.pop(0))
     cross = 0.7
     # H v by hand: the coupling term cross * (w[0,0] b[0] + w[0,1] b[1]) adds cross * v_b to
     # H v at w[0,0], w[0,1] and cross * v_w to H v at b.
@@ -313,9 +314,58 @@ def test_closure_forms_agree_with_the_explicit_loop():
 
                 opt.step(closure)
         results.append([p.detach().clone() for p in model.parameters()])
+    for other in results[1:]:  # the closure runs hesscale.backward: equal up to round-off
+        for a, b in zip(results[0], other, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("opt_cls", [AdaHesScale, AdaHesScaleGN])
+def test_any_model_with_hesscale_backward_closure_and_accumulation(opt_cls):
+    """No extend: a residual model with functional operations; the explicit loop, the closure
+    and two accumulated half-batches (mean loss / 2) take the same steps."""
+    torch.manual_seed(11)
+    x, y = torch.randn(8, 4, dtype=DTYPE), torch.randint(0, 3, (8,))
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.out = nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.out(x + torch.tanh(self.inner(x)))
+
+    gn = opt_cls is AdaHesScaleGN
+    results = []
+    for form in ("explicit", "closure", "accumulate"):
+        torch.manual_seed(12)
+        model = Residual().to(DTYPE)
+        opt = opt_cls(model.parameters(), lr=0.05)
+        for _ in range(3):
+            if form == "explicit":
+                opt.zero_grad()
+                hesscale.backward(nn.functional.cross_entropy(model(x), y), gn=gn)
+                opt.step()
+            elif form == "closure":
+                opt.step(lambda model=model: nn.functional.cross_entropy(model(x), y))
+            else:
+                opt.zero_grad()
+                for half in (slice(0, 4), slice(4, 8)):
+                    loss = nn.functional.cross_entropy(model(x[half]), y[half]) / 2
+                    hesscale.backward(loss, gn=gn)
+                opt.step()
+        results.append([p.detach().clone() for p in model.parameters()])
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_optimizer_zero_grad_clears_the_diagonals():
+    model, loss_fn = linear_model()
+    x, y = logistic_data()
+    opt = AdaHesScale(model.parameters())
+    hesscale.backward(loss_fn(model(x), y))
+    opt.zero_grad()
+    assert all(p.grad is None and not hasattr(p, "hesscale") for p in model.parameters())
 
 
 # state_dict ------------------------------------------------------------------------------------
@@ -465,7 +515,7 @@ def test_stale_diagonal_is_refused():
     with backpack(opt.method):
         loss_fn(model(x), y).backward()
     opt.step()
-    opt.zero_grad()
+    model.zero_grad()  # the model's zero_grad: p.hesscale stays
     loss_fn(model(x), y).backward()  # forgot the extension: p.hesscale is last step's
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(HesScaleError, match="already used by an earlier step"):
@@ -606,3 +656,22 @@ def test_default_hyperparameters_train_the_example_mlp(opt_cls, one_thread):
     losses = [float(opt.step(lambda: loss_fn(model(x), y)).detach()) for _ in range(60)]
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_optimizers_share_one_constructor_and_one_rademacher_helper():
+    """Every option lives in DiagonalAdam.__init__; subclasses add only their own."""
+    import hesscale.estimators
+    from hesscale.experiments.learners import hyperparameter_names
+    from hesscale.optim import AdaGGNMC, AdaHesScale, AdaHesScaleGN, AdaHessian
+    from hesscale.optim import adahessian as adahessian_module
+
+    p = [nn.Parameter(torch.zeros(3))]
+    shared = set(AdaHesScale(p).defaults)
+    assert set(AdaHesScaleGN(p).defaults) == shared and set(AdaGGNMC(p).defaults) == shared
+    assert set(AdaHessian(p).defaults) == shared | {"spatial_average"}
+    ggnmc = AdaGGNMC(p, 0.01, mc_samples=3, preconditioner="sqrt")  # lr positional, as before
+    assert ggnmc.defaults["lr"] == 0.01 and ggnmc.defaults["preconditioner"] == "sqrt"
+    assert ggnmc.mc_samples == 3 and type(ggnmc.method).__name__ == "DiagGGNMC"
+    names = hyperparameter_names("adaggnmc")
+    assert {"mc_samples", "lr", "betas", "preconditioner", "delta", "on_nonfinite"} <= set(names)
+    assert adahessian_module.rademacher is hesscale.estimators.rademacher

@@ -13,6 +13,7 @@ import hesscale
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["minimal_mlp.py", "minimal_cnn.py"])
 def test_minimal_example_runs(script):
     if script == "minimal_cnn.py" and "Conv2d" not in hesscale.supported_modules():

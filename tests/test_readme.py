@@ -1,7 +1,12 @@
-"""The README's first example runs as written and leaves a diagonal on every parameter."""
+"""The README: its first example runs as written, its commands are CI's, its list of supported
+modules is the registry's."""
 
 import re
 from pathlib import Path
+
+import torch
+
+import hesscale
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -19,3 +24,26 @@ def test_readme_commands_match_ci():
     readme, ci = README.read_text(), (README.parent / ".ci" / "run").read_text()
     assert 'pip install -e ".[dev]"' in readme and 'pip install -e ".[dev]"' in ci
     assert "python -m pytest -q" in readme and "python -m pytest -q" in ci
+    assert "python -m pytest -q -m slow" in readme and "python -m pytest -q -m slow" in ci
+    assert "--index-url https://download.pytorch.org/whl/cpu" in readme  # the CPU-only wheel
+
+
+def readme_supported_modules() -> set[str]:
+    """The nn.Module names the README's "Supported" list names (``Conv1d/2d/3d`` is three)."""
+    text = README.read_text()
+    section = text[text.index("**Supported**") : text.index("HesScaleGN keeps LogSoftmax")]
+    names = set()
+    for base, dims in re.findall(
+        r"\b([A-Z][A-Za-z]*?)([123]d(?:/[123]d)*)?(?![A-Za-z0-9])", section
+    ):
+        for name in [base + d for d in dims.split("/")] if dims else [base]:
+            cls = getattr(torch.nn, name, None)
+            if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+                names.add(name)
+    return names
+
+
+def test_readme_lists_exactly_the_supported_modules():
+    readme, registry = readme_supported_modules(), set(hesscale.supported_modules())
+    assert readme - registry == set(), "the README lists modules without a rule"
+    assert registry - readme == set(), "the README does not list these supported modules"

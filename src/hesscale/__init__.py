@@ -1,16 +1,9 @@
 """hesscale: Hessian and Gauss-Newton diagonals for PyTorch networks (HesScale)."""
 
+import importlib
 import warnings
 
-from hesscale.engine import backward, supported_operations
-from hesscale.errors import UnsupportedOperationError
-from hesscale.extensions import (
-    HesScale,
-    HesScaleError,
-    HesScaleGN,
-    UnsupportedModuleError,
-    supported_modules,
-)
+from hesscale.errors import HesScaleError, UnsupportedModuleError, UnsupportedOperationError
 
 # torch warns at every backward through BackPACK's hooks on a first layer whose input needs no
 # gradient, which is every network. It is harmless there: hide that one message.
@@ -20,10 +13,38 @@ warnings.filterwarnings(
     category=UserWarning,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one source of the version (pyproject.toml reads it)
+
+# Imported on first use, so that `import hesscale` (and the `hesscale` command) does not load
+# torch and BackPACK until something needs them.
+_LAZY = {
+    "backward": "hesscale.engine",
+    "enable": "hesscale.engine",
+    "supported_operations": "hesscale.engine",
+    "HesScale": "hesscale.extensions",
+    "HesScaleGN": "hesscale.extensions",
+    "supported_modules": "hesscale.extensions",
+}
+_SUBPACKAGES = ("engine", "extensions", "optim", "estimators", "rules")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBPACKAGES:  # `hesscale.optim` after a bare `import hesscale`
+        return importlib.import_module(f"hesscale.{name}")
+    raise AttributeError(f"module 'hesscale' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_SUBPACKAGES})
+
 
 __all__ = [
     "backward",
+    "enable",
     "supported_operations",
     "UnsupportedOperationError",
     "HesScale",

@@ -13,3 +13,7 @@ class UnsupportedModuleError(HesScaleError, NotImplementedError):
 
 class UnsupportedOperationError(HesScaleError, NotImplementedError):
     """An autograd operation (a node of the recorded graph) without a HesScale rule."""
+
+
+class Diverged(FloatingPointError):
+    """A training step that cannot be taken: its loss or its update is not finite."""

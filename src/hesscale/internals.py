@@ -69,3 +69,10 @@ def output_shape(node: Node, index: int) -> tuple[int, ...]:
     """The shape of forward output ``index`` of ``node`` (the tensor its gradient has),
     from autograd's ``_input_metadata`` (a node's inputs are the forward outputs)."""
     return tuple(node._input_metadata[index].shape)
+
+
+def grad_stamp(grad: torch.Tensor) -> tuple[int, int]:
+    """Identifies a gradient tensor's current contents: its identity and autograd's version
+    counter (``Tensor._version``), which every in-place change (accumulation, ``zero_()``)
+    increments."""
+    return id(grad), grad._version

@@ -10,7 +10,8 @@ producer receives. Diagonals live exactly as long as the gradients do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -20,9 +21,13 @@ from hesscale.engine import graph as graphs
 from hesscale.engine.call import NodeCall
 from hesscale.engine.registry import RULES
 from hesscale.errors import HesScaleError
+from hesscale.internals import grad_stamp
 
 Node = torch.autograd.graph.Node
 Variant = Literal["hesscale", "hesscale_gn"]
+
+# autograd's own backward; ``enable`` replaces ``torch.autograd.backward`` while it is active.
+autograd_backward = torch.autograd.backward
 
 
 def variants_of(gn: bool | str) -> tuple[Variant, ...]:
@@ -71,10 +76,19 @@ class DiagonalBackward:
                 )
         return graphs.below(self.graph, starts)
 
-    def run(self, inputs: Sequence[Tensor] | None, retain_graph: bool | None) -> None:
+    def run(
+        self,
+        inputs: Sequence[Tensor] | None,
+        retain_graph: bool | None,
+        gradient: Tensor | None = None,
+    ) -> None:
+        self.accumulates = [
+            {id(leaf) for leaf in self.graph.leaves.values() if _continues(leaf, variant)}
+            for variant in self.variants
+        ]
         handles = [node.register_hook(self._hook_for(node)) for node in self.graph.edges]
         try:
-            torch.autograd.backward(self.loss, inputs=inputs, retain_graph=retain_graph)
+            autograd_backward(self.loss, gradient, retain_graph, inputs=inputs)
         finally:
             for handle in handles:
                 handle.remove()
@@ -112,13 +126,27 @@ class DiagonalBackward:
     # results -------------------------------------------------------------------------------
 
     def _write_leaves(self) -> None:
-        for variant, store in zip(self.variants, self.leaf_diagonals, strict=True):
-            for leaf, h in store.values():
-                if h is None:
-                    h = torch.zeros_like(leaf)
-                else:
-                    h = h.to(leaf.dtype)
+        """Set ``leaf.<variant>``, summed into the previous value exactly when the gradient
+        sums into the previous ``leaf.grad`` (see ``_continues``)."""
+        for v, variant in enumerate(self.variants):
+            for key, (leaf, h) in self.leaf_diagonals[v].items():
+                h = torch.zeros_like(leaf) if h is None else h.to(leaf.dtype)
+                if key in self.accumulates[v]:
+                    h = getattr(leaf, variant) + h
+                if leaf.grad is not None:
+                    h._hesscale_grad_stamp = grad_stamp(leaf.grad)
                 setattr(leaf, variant, h)
+
+
+def _continues(leaf: Tensor, variant: str) -> bool:
+    """Whether this pass adds to ``leaf.<variant>``: it was written together with the gradient
+    ``leaf.grad`` holds now (same tensor, unchanged since), so both accumulate. After
+    ``zero_grad()`` (set to None, or zeroed in place) or any other change of the gradient the
+    diagonal starts afresh."""
+    previous = getattr(leaf, variant, None)
+    if previous is None or leaf.grad is None:
+        return False
+    return getattr(previous, "_hesscale_grad_stamp", None) == grad_stamp(leaf.grad)
 
 
 def _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order: bool) -> list:
@@ -194,7 +222,9 @@ def backward(
 
     Afterwards each parameter (each leaf that requires grad) the loss depends on holds
     ``p.grad``, exactly as after ``loss.backward()``, and ``p.hesscale`` (``gn=True``:
-    ``p.hesscale_gn``; ``gn='both'``: both), same shape and dtype as ``p``.
+    ``p.hesscale_gn``; ``gn='both'``: both), same shape and dtype as ``p``. Like the gradient,
+    the diagonal accumulates over several backward passes (gradient accumulation) and starts
+    afresh after ``zero_grad()``.
 
     For every operation z = f(x_1, ..., x_m) of the recorded graph, with h the diagonal and g
     the gradient w.r.t. z, each input x_i receives
@@ -212,3 +242,52 @@ def backward(
         retain_graph: as for ``loss.backward()``.
     """
     DiagonalBackward(loss, variants_of(gn), output).run(inputs, retain_graph)
+
+
+_enabled: list[dict] = []  # the settings of the active ``enable`` blocks, innermost last
+
+
+@contextmanager
+def enable(gn: bool | Literal["both"] = False) -> Iterator[None]:
+    """Within the block, every ``loss.backward()`` (and ``torch.autograd.backward``) on a
+    scalar loss runs as ``hesscale.backward(loss, gn=gn)``: for training code that calls
+    backward itself, e.g. a framework's loop::
+
+        with hesscale.enable():
+            trainer.fit(model)        # its loss.backward() calls now fill p.hesscale too
+
+    A backward pass that cannot compute the diagonal (a non-scalar root, create_graph=True)
+    raises HesScaleError. ``torch.autograd.grad`` is not affected. Blocks nest (the innermost
+    settings apply); the patch is process-wide while any block is active.
+    """
+    variants = variants_of(gn)  # validate before patching anything
+    _enabled.append({"variants": variants})
+    torch.autograd.backward = _backward_with_diagonals
+    try:
+        yield
+    finally:
+        _enabled.pop()
+        if not _enabled:
+            torch.autograd.backward = autograd_backward
+
+
+def _backward_with_diagonals(
+    tensors,
+    grad_tensors=None,
+    retain_graph=None,
+    create_graph=False,
+    grad_variables=None,
+    inputs=None,
+):
+    """``torch.autograd.backward`` while ``enable`` is active."""
+    loss = tensors[0] if isinstance(tensors, list | tuple) and len(tensors) == 1 else tensors
+    if isinstance(grad_tensors, list | tuple) and len(grad_tensors) == 1:
+        grad_tensors = grad_tensors[0]
+    if not isinstance(loss, Tensor) or create_graph or grad_variables is not None:
+        raise HesScaleError(
+            "hesscale.enable: a backward pass that HesScale cannot serve (several root tensors "
+            "or create_graph=True). Call it outside the `with hesscale.enable():` block."
+        )
+    inputs = [inputs] if isinstance(inputs, Tensor) else inputs
+    settings = _enabled[-1]
+    DiagonalBackward(loss, settings["variants"]).run(inputs, retain_graph, grad_tensors)

@@ -110,7 +110,8 @@ RECOGNISED_LOSSES = (
 NLL_KERNELS = frozenset({"NllLossBackward0", "NllLoss2DBackward0"})
 RESHAPES = frozenset(
     {"ViewBackward0", "UnsafeViewBackward0", "SqueezeBackward0", "SqueezeBackward1",
-     "UnsqueezeBackward0", "TransposeBackward0", "PermuteBackward0"}
+     "UnsqueezeBackward0", "TransposeBackward0", "PermuteBackward0",
+     "BackwardHookFunctionBackward"}
 )  # fmt: skip
 LOG_SOFTMAX = "LogSoftmaxBackward0"
 
@@ -141,6 +142,7 @@ LOSS_COMBINERS = frozenset(
         "SqueezeBackward1",
         "UnsqueezeBackward0",
         "ToCopyBackward0",
+        "BackwardHookFunctionBackward",
         "FillBackward2",  # an empty batch: cross-entropy with probability targets fills NaN
     }
 )

@@ -6,14 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from hesscale.estimators.base import Estimator, check_samples, clean_gradients, trainable
-
-
-def rademacher(
-    shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None = None
-) -> Tensor:
-    """Independent entries +1 or -1 with probability 1/2 each, dtype and device of ``like``."""
-    bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
-    return (2 * bits - 1).to(like.dtype)
+from hesscale.probes import rademacher
 
 
 class Hutchinson(Estimator):

@@ -1,21 +1,8 @@
 """BL89 (Becker & LeCun 1989) as a BackPACK extension, a variant of HesScale.
 
-Becker & LeCun backpropagate the same diagonal recursion as HesScale,
-h_x = sigma'(x)^2 h_z + sigma''(x) g_z through activations and h_x = h_z @ W^2 through linear
-maps, but they treat every unit of the output layer element-wise. A softmax couples its
-outputs; BL89 keeps only the diagonal of its Jacobian, i.e. it sees output i as a function of
-input i alone with the other inputs held fixed:
-
-    softmax(z)_i     = sigmoid(z_i - c_i),       c_i = logsumexp_{j != i} z_j,
-    log_softmax(z)_i = logsigmoid(z_i - c_i).
-
-The element-wise rule of hesscale.rules then applies with sigmoid's (or logsigmoid's)
-derivatives at the shifted input. For cross-entropy with target t (log-softmax, then the
-negative log-likelihood, linear in the log-probabilities with gradient -1 at t) this leaves
-curvature p_t - p_t^2 on the target logit only, instead of the exact p - p^2 on every logit.
-
-Everything else (hidden layers, other losses) is HesScale's own adaptor: only the modules
-with a softmax inside differ.
+BL89 backpropagates HesScale's diagonal recursion but takes the softmax family element-wise
+(see hesscale.rules.bl89 for the math). Everything else (hidden layers, other losses) is
+HesScale's own adaptor: only the modules with a softmax inside differ.
 """
 
 from __future__ import annotations
@@ -24,24 +11,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hesscale.errors import UnsupportedModuleError
 from hesscale.extensions.activations import softmax_dim
-from hesscale.extensions.base import LossAdaptor, ModuleAdaptor, UnsupportedModuleError, describe
+from hesscale.extensions.base import LossAdaptor, ModuleAdaptor, describe
 from hesscale.extensions.hesscale import DiagonalBackprop
-from hesscale.rules import elementwise as ew
+from hesscale.rules import bl89
 
 
-def shifted_logits(z: Tensor, dim: int) -> Tensor:
-    """z_i - logsumexp_{j != i} z_j along ``dim``: the input at which softmax_i, as a function
-    of z_i alone, is a sigmoid."""
-    moved = z.movedim(dim, -1)
-    size = moved.shape[-1]
-    if size < 2:
+def _check_classes(module: nn.Module, x: Tensor, dim: int) -> None:
+    if x.shape[dim] < 2:
         raise UnsupportedModuleError(
-            f"BL89's element-wise softmax needs at least 2 classes along dim {dim}, got {size}"
+            f"BL89's element-wise softmax needs at least 2 classes along dim {dim}; "
+            f"{describe(module)} got {x.shape[dim]}."
         )
-    mask = torch.eye(size, dtype=torch.bool, device=z.device)
-    others = moved.unsqueeze(-2).masked_fill(mask, float("-inf")).logsumexp(-1)
-    return (moved - others).movedim(-1, dim)
 
 
 class ElementwiseSoftmax(ModuleAdaptor):
@@ -49,8 +31,9 @@ class ElementwiseSoftmax(ModuleAdaptor):
 
     def input_diag(self, module, h_out, g_out):
         x = module.input0
-        first, second = ew.sigmoid_derivatives(shifted_logits(x, softmax_dim(module, x)))
-        return ew.elementwise_input(h_out, g_out, first, second)
+        dim = softmax_dim(module, x)
+        _check_classes(module, x, dim)
+        return bl89.softmax_input(x, h_out, g_out, dim)
 
 
 class ElementwiseLogSoftmax(ModuleAdaptor):
@@ -58,8 +41,9 @@ class ElementwiseLogSoftmax(ModuleAdaptor):
 
     def input_diag(self, module, h_out, g_out):
         x = module.input0
-        first, second = ew.logsigmoid_derivatives(shifted_logits(x, softmax_dim(module, x)))
-        return ew.elementwise_input(h_out, g_out, first, second)
+        dim = softmax_dim(module, x)
+        _check_classes(module, x, dim)
+        return bl89.log_softmax_input(x, h_out, g_out, dim)
 
 
 class ElementwiseCrossEntropy(LossAdaptor):
@@ -86,6 +70,7 @@ class ElementwiseCrossEntropy(LossAdaptor):
         logits, target = m.input0, m.input1
         if logits.dim() == 1:
             logits, target = logits.unsqueeze(0), target.unsqueeze(0)
+        _check_classes(m, logits, 1)
         with torch.enable_grad():
             log_probs = logits.detach().log_softmax(1).requires_grad_(True)
             nll = F.nll_loss(
@@ -96,8 +81,7 @@ class ElementwiseCrossEntropy(LossAdaptor):
                 reduction=m.reduction,
             )
             g_log_probs = torch.autograd.grad(nll, log_probs)[0]
-        first, second = ew.logsigmoid_derivatives(shifted_logits(logits, 1))
-        h = ew.elementwise_input(torch.zeros_like(logits), g_log_probs, first, second)
+        h = bl89.cross_entropy_input(logits, g_log_probs, dim=1)
         return (h.reshape(m.input0.shape),)
 
 

@@ -32,9 +32,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from hesscale.estimators import Estimator, exact_hessian, standard_estimators
+from hesscale.experiments.networks import ACTIVATIONS as NETWORK_ACTIVATIONS
+from hesscale.experiments.networks import fully_connected
 from hesscale.experiments.tasks import DATASETS, Task
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+ACTIVATIONS = tuple(NETWORK_ACTIVATIONS)
 LOSSES = ("ce", "mse")
 NORMALISER = "HesScale"
 HESSCALE_VARIANTS = ("HesScale", "HesScaleGN")
@@ -76,17 +78,6 @@ class StudyConfig:
                     f"--{name} {getattr(self, name)!r} is not supported; "
                     f"choose one of {', '.join(allowed)}"
                 )
-
-
-def build_mlp(
-    n_in: int, n_out: int, width: int, depth: int, activation: type[nn.Module]
-) -> nn.Sequential:
-    """``depth`` hidden layers of ``width`` units, each followed by ``activation``."""
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        layers += [nn.Linear(n_in if i == 0 else width, width), activation()]
-    layers.append(nn.Linear(width if depth else n_in, n_out))
-    return nn.Sequential(*layers)
 
 
 def select_methods(config: StudyConfig) -> list[Estimator]:
@@ -147,12 +138,11 @@ def run_seed(
     n_classes = stream.n_outputs
     dtype = getattr(torch, config.dtype)
     torch.manual_seed(seed)  # initialisation and the stochastic estimators
-    model = build_mlp(
-        math.prod(stream.input_shape),
+    model = fully_connected(
+        (math.prod(stream.input_shape),),
         n_classes,
-        config.width,
-        config.depth,
-        ACTIVATIONS[config.activation],
+        [config.width] * config.depth,
+        config.activation,
     ).to(dtype)
     loss_fn = nn.CrossEntropyLoss() if config.loss == "ce" else nn.MSELoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
@@ -199,40 +189,96 @@ def summarise(errors: np.ndarray, methods: list[Estimator], layer_names: list[st
     return rows
 
 
+def seed_outcomes(row: dict) -> tuple[int, int, int]:
+    """In how many seeds HesScale's error is below this method's, equal to it (within TIE),
+    and above it."""
+    ratios = np.asarray(row["normalised_per_seed"])
+    wins = int((ratios > 1 + TIE).sum())
+    ties = int((np.abs(ratios - 1) <= TIE).sum())
+    return wins, ties, len(ratios) - wins - ties
+
+
+def _rivals(rows: list[dict]) -> list[dict]:
+    """The methods costing about one backprop, HesScale's own variants excluded."""
+    return [r for r in rows if r["one_backprop"] and r["method"] not in HESSCALE_VARIANTS]
+
+
 def verdict(rows: list[dict]) -> tuple[bool, list[str]]:
     """Whether HesScale's error is below that of every other method costing about one backprop
-    (the paper's claim), in every seed."""
+    (the paper's claim), in every seed; and one line per such method."""
     lines, beats_all = [], True
-    for row in rows:
-        if not row["one_backprop"] or row["method"] in HESSCALE_VARIANTS:
-            continue
-        ratios = np.asarray(row["normalised_per_seed"])
-        wins = int((ratios > 1 + TIE).sum())
-        ties = int((np.abs(ratios - 1) <= TIE).sum())
-        beats_all &= wins == len(ratios)
+    for row in _rivals(rows):
+        wins, ties, losses = seed_outcomes(row)
+        n = wins + ties + losses
+        beats_all &= wins == n
         tied = f", equal in {ties}" if ties else ""
+        lost = f", worse in {losses}" if losses else ""
         lines.append(
-            f"  {row['method']:<13} error / HesScale's = {ratios.mean():8.3g}  "
-            f"(HesScale better in {wins}/{len(ratios)} seeds{tied})"
+            f"  {row['method']:<13} error / HesScale's = {np.mean(row['normalised_per_seed']):8.3g}"
+            f"  (HesScale better in {wins}/{n} seeds{tied}{lost})"
         )
     return beats_all, lines
 
 
+def verdict_summary(rows: list[dict]) -> str:
+    """The answer in words: yes, or which methods tie with HesScale and which beat it."""
+    ties, losses = [], []
+    for row in _rivals(rows):
+        _, tied, lost = seed_outcomes(row)
+        if lost:
+            losses.append(f"{row['method']} in {lost} seed{'s' * (lost > 1)}")
+        elif tied:
+            ties.append(f"{row['method']} in {tied} seed{'s' * (tied > 1)}")
+    if not ties and not losses:
+        return "yes"
+    parts = []
+    if losses:
+        parts.append("it loses to " + ", ".join(losses))
+    if ties:
+        parts.append("it ties with " + ", ".join(ties) + " (an equal error, not a worse one)")
+    return "no: " + "; ".join(parts)
+
+
+def describe_setting(config: StudyConfig) -> str:
+    """The study's setting in one line, for titles."""
+    loss = {"ce": "cross-entropy", "mse": "MSE"}[config.loss]
+    return (
+        f"{config.data}, MLP {config.depth}x{config.width} {config.activation}, {loss}, "
+        f"{config.seeds} seeds x {config.steps} steps"
+    )
+
+
+def layer_labels(layer_names: list[str]) -> list[str]:
+    """The layer names with the last one marked as the output layer."""
+    return [*layer_names[:-1], f"{layer_names[-1]} (output)"] if layer_names else []
+
+
 def format_table(rows: list[dict], layer_names: list[str]) -> str:
     head = f"{'method':<14}{'1 bp':>5}{'L1 total':>11}{'norm. mean':>12}{'± std':>10}"
-    head += "".join(f"{'L1 ' + n.split()[-1]:>10}" for n in layer_names)
+    numbers = [n.split()[-1] for n in layer_names]
+    head += (
+        "".join(f"{'L1 ' + n:>10}" for n in numbers[:-1]) + f"{'L1 ' + numbers[-1] + ' out':>12}"
+    )
     lines = [head, "-" * len(head)]
     for row in sorted(rows, key=lambda r: r["normalised_mean"]):
         line = (
             f"{row['method']:<14}{'yes' if row['one_backprop'] else '':>5}"
             f"{row['l1_total']:>11.4g}{row['normalised_mean']:>12.4g}{row['normalised_std']:>10.3g}"
         )
-        line += "".join(f"{row['l1_by_layer'][n]:>10.3g}" for n in layer_names)
+        line += "".join(f"{row['l1_by_layer'][n]:>10.3g}" for n in layer_names[:-1])
+        line += f"{row['l1_by_layer'][layer_names[-1]]:>12.3g}"
         lines.append(line)
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], layer_names: list[str], out: Path) -> list[Path]:
+EXACT = 1e-12  # an error below this fraction of the largest one is round-off: the method is exact
+
+
+def plot(rows: list[dict], layer_names: list[str], out: Path, setting: str = "") -> list[Path]:
+    """normalised_error.png (bars: mean; dots: seeds) and error_by_layer.png (heat map).
+
+    Errors at round-off level (below EXACT x the largest) are shown as exact: on the bars'
+    log axis at its floor, marked "exact", instead of vanishing; in the heat map as "exact"."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,18 +289,41 @@ def plot(rows: list[dict], layer_names: list[str], out: Path) -> list[Path]:
     names = [r["method"] for r in rows]
     positions = np.arange(len(rows))
     colours = ["tab:red" if n == NORMALISER else "tab:blue" for n in names]
+    values = np.array([v for r in rows for v in (r["normalised_mean"], *r["normalised_per_seed"])])
+    largest = values.max() if values.size else 1.0
+    positive = values[values > EXACT * largest]
+    floor = positive.min() / 5 if positive.size else 1e-3  # where exact (zero) errors are drawn
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows) + 2), 4.2))
-    ax.bar(positions, [r["normalised_mean"] for r in rows], color=colours, alpha=0.6)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows) + 2), 4.6))
+    means = np.array([r["normalised_mean"] for r in rows])
+    exact = means <= EXACT * largest
+    ax.bar(positions[~exact], means[~exact], color=np.array(colours)[~exact], alpha=0.6)
+    ax.bar(positions[exact], floor, color="none", edgecolor="tab:green", hatch="//")
     for i, row in enumerate(rows):
-        seeds = np.asarray(row["normalised_per_seed"])
+        seeds = np.maximum(np.asarray(row["normalised_per_seed"]), floor)
         jitter = np.linspace(-0.15, 0.15, len(seeds)) if len(seeds) > 1 else np.zeros(1)
         ax.scatter(i + jitter, seeds, s=10, color="black", zorder=3)
+        if exact[i]:
+            ax.annotate(
+                "exact\n(0)",
+                (i, floor),
+                xytext=(0, 4),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="tab:green",
+                fontweight="bold",
+            )
     ax.axhline(1.0, color="tab:red", linewidth=0.8, linestyle="--")
     ax.set_yscale("log")
+    ax.set_ylim(bottom=floor / 2)
     ax.set_xticks(positions, names, rotation=45, ha="right")
     ax.set_ylabel("L1 error / HesScale's (log)")
-    ax.set_title("Distance to the exact Hessian diagonal (bars: mean; dots: seeds)")
+    ax.set_title(
+        f"Distance to the exact Hessian diagonal (bars: mean; dots: seeds)\n{setting}",
+        fontsize=10,
+    )
     fig.tight_layout()
     first = out / "normalised_error.png"
     fig.savefig(first, dpi=120)
@@ -262,24 +331,29 @@ def plot(rows: list[dict], layer_names: list[str], out: Path) -> list[Path]:
 
     # methods x layers heat map, log colour scale, each cell labelled with its mean L1 error
     table = np.array([[r["l1_by_layer"][layer] for layer in layer_names] for r in rows])
-    positive = table[table > 1e-12 * table.max()] if table.max() > 0 else np.ones(1)
-    floor = positive.min()
-    fig, ax = plt.subplots(figsize=(1.3 * len(layer_names) + 3, 0.38 * len(rows) + 1.6))
+    largest = table.max() if table.size and table.max() > 0 else 1.0
+    positive = table[table > EXACT * largest]
+    cell_floor = positive.min() if positive.size else 1.0
+    fig, ax = plt.subplots(figsize=(1.5 * len(layer_names) + 3.2, 0.38 * len(rows) + 1.9))
     image = ax.imshow(
-        np.maximum(table, floor),
+        np.maximum(table, cell_floor),
         cmap="viridis",
-        norm=LogNorm(vmin=floor, vmax=max(positive.max(), floor * 10)),
+        norm=LogNorm(vmin=cell_floor, vmax=max(positive.max(), cell_floor * 10)),
         aspect="auto",
     )
     for (i, k), value in np.ndenumerate(table):
-        text = "0" if value < floor else f"{value:.2g}"
-        light = image.norm(max(value, floor)) > 0.6
+        text = "exact" if value <= EXACT * largest else f"{value:.2g}"
+        light = image.norm(max(value, cell_floor)) > 0.6
         colour = "black" if light else "white"
         ax.text(k, i, text, ha="center", va="center", fontsize="small", color=colour)
-    ax.set_xticks(range(len(layer_names)), layer_names)
+    ax.set_xticks(range(len(layer_names)), layer_labels(layer_names))
     ax.set_yticks(range(len(rows)), names)
     fig.colorbar(image, ax=ax, label="mean L1 error per step")
-    ax.set_title("Distance to the exact Hessian diagonal, by layer")
+    ax.set_title(
+        f"Distance to the exact Hessian diagonal, by layer\n{setting}\n"
+        f"exact: error below {EXACT:g} x the largest (round-off)",
+        fontsize=9,
+    )
     fig.tight_layout()
     second = out / "error_by_layer.png"
     fig.savefig(second, dpi=120)
@@ -324,7 +398,7 @@ def write_outputs(
                 [row["method"], row["l1_total"], row["normalised_mean"], row["normalised_std"]]
                 + [row["l1_by_layer"][n] for n in layer_names]
             )
-    return paths + plot(rows, layer_names, out)
+    return paths + plot(rows, layer_names, out, describe_setting(config))
 
 
 def run_study(config: StudyConfig, out: Path, progress: bool = True) -> dict:
@@ -359,9 +433,17 @@ def run_study(config: StudyConfig, out: Path, progress: bool = True) -> dict:
     }
 
 
+def method_names() -> str:
+    """The compared methods' names, with k standing for --samples."""
+    names = [m.name for m in standard_estimators(2) if m.name != "Exact"]
+    return ", ".join(
+        name.removesuffix("-2") + ("-k" if name.endswith("-2") else "") for name in names
+    )
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     defaults = StudyConfig()
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.description = __doc__.split("\n", 1)[1]
     add = parser.add_argument
     add("--data", choices=tuple(DATASETS), default=defaults.data, help="digits is built in")
     add(
@@ -386,7 +468,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--samples", type=int, default=defaults.samples, help="k for GGN-MC-k, KFAC-k, Hutchinson-k"
     )
     add("--dtype", choices=("float32", "float64"), default=defaults.dtype, help="precision")
-    add("--methods", default=None, help="comma-separated subset (must include HesScale)")
+    add(
+        "--methods",
+        default=None,
+        help=f"comma-separated subset, HesScale included (default: all of {method_names()})",
+    )
     add("--out", default="results/approx-quality", help="output directory")
     add("--no-progress", action="store_true", help="no progress bar")
 
@@ -420,7 +506,7 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(result["rows"], result["layers"]))
     print("\nHesScale vs. the methods that cost about one backprop:")
     print("\n".join(result["verdict"]))
-    answer = "yes" if result["beats_all"] else "no"
-    print(f"HesScale more accurate than all of them in every seed: {answer}")
+    summary = verdict_summary(result["rows"])
+    print(f"HesScale more accurate than all of them in every seed: {summary}")
     print("\nwrote " + ", ".join(str(p) for p in result["paths"]))
     return 0

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 
@@ -53,12 +54,43 @@ def _optimizer_class(name: str) -> type:
 
 
 def hyperparameter_names(name: str) -> list[str]:
-    """Keyword arguments learner ``name`` accepts (``beta1``/``beta2`` stand for ``betas``)."""
-    signature = inspect.signature(_optimizer_class(name).__init__)
-    names = [p for p in signature.parameters if p not in ("self", "params")]
+    """Keyword arguments learner ``name`` accepts (``beta1``/``beta2`` stand for ``betas``).
+
+    Read from the signatures of the optimizer's constructors along its class hierarchy, so
+    that a subclass may pass the shared options on with ``**options``."""
+    names: list[str] = []
+    for cls in _optimizer_class(name).__mro__:
+        if "__init__" not in vars(cls) or cls in (torch.optim.Optimizer, object):
+            continue
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        names += [
+            p.name
+            for p in parameters
+            if p.name not in ("self", "params", *names)
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break  # this constructor takes nothing more
     if "betas" in names:
         names += ["beta1", "beta2"]
     return names
+
+
+def check_learner(name: str, hyperparameters: dict[str, Any]) -> None:
+    """Raise ValueError if learner ``name`` does not exist or rejects ``hyperparameters``
+    (an unknown name, or a value its optimizer refuses), by building it on a dummy parameter."""
+    try:
+        Learner(name, [nn.Parameter(torch.zeros(1))], **hyperparameters)
+    except TypeError as error:
+        raise ValueError(f"Learner '{name}': {error}") from None
+
+
+def _default(name: str, option: str) -> Any:
+    for cls in _optimizer_class(name).__mro__:
+        parameter = inspect.signature(cls.__init__).parameters.get(option)
+        if parameter is not None:
+            return parameter.default
+    raise KeyError(option)
 
 
 def _optimizer_kwargs(name: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +105,7 @@ def _optimizer_kwargs(name: str, hyperparameters: dict[str, Any]) -> dict[str, A
     if "beta1" in hyperparameters or "beta2" in hyperparameters:
         if "betas" in hyperparameters:
             raise ValueError(f"Learner '{name}': give either betas or beta1/beta2, not both.")
-        default = inspect.signature(_optimizer_class(name).__init__).parameters["betas"].default
+        default = _default(name, "betas")
         kwargs["betas"] = (
             float(hyperparameters.get("beta1", default[0])),
             float(hyperparameters.get("beta2", default[1])),

@@ -85,5 +85,11 @@ def config_name(hyperparameters: dict[str, Any]) -> str:
     return "__".join(f"{k}_{format_value(hyperparameters[k])}" for k in keys)
 
 
+def config_label(hyperparameters: dict[str, Any]) -> str:
+    """How a configuration reads in plots and tables: ``lr=0.001, beta2=0.99``."""
+    keys = sorted(hyperparameters, key=lambda k: (k != "lr", k))
+    return ", ".join(f"{k}={format_value(hyperparameters[k])}" for k in keys)
+
+
 def run_path(root: str | os.PathLike, learner: str, hyperparameters: dict[str, Any], seed: int):
     return Path(root) / learner / config_name(hyperparameters) / f"seed_{seed}.json"

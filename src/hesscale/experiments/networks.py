@@ -1,5 +1,9 @@
 """Networks by name, sized from the task: ``build_network(name, input_shape, n_outputs)``.
 
+Every network of the experiments is built here: the runs' (by name), the approximation-quality
+study's MLP (``fully_connected``) and the cost benchmark's MLP and CNN (``fully_connected``,
+``conv_3c3d``).
+
 Fully connected networks take hidden sizes 300-150 by default (our reading of the original
 study's default) and 64-32 for the ``_small`` variants; ``hidden=`` overrides either. The DeepOBS
 architectures follow the DeepOBS test-problem descriptions (TensorFlow 'same' padding of
@@ -17,21 +21,31 @@ from torch import nn
 
 FC_DEFAULT_HIDDEN = (300, 150)
 FC_SMALL_HIDDEN = (64, 32)
-_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "leakyrelu": lambda: nn.LeakyReLU(0.01),
+    "sigmoid": nn.Sigmoid,
 }
+FC_ACTIVATIONS = ("relu", "tanh", "leakyrelu")  # the fc_<activation> networks
+
+
+def activation(name: str) -> nn.Module:
+    """A new activation module by name (one of ``ACTIVATIONS``)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation '{name}'. Known: {', '.join(ACTIVATIONS)}.")
+    return ACTIVATIONS[name]()
 
 
 def fully_connected(
-    input_shape: Sequence[int], n_outputs: int, hidden: Sequence[int], activation: str
+    input_shape: Sequence[int], n_outputs: int, hidden: Sequence[int], activation_name: str
 ) -> nn.Sequential:
-    """Flatten, then Linear + activation per hidden size, then a Linear read-out."""
-    layers: list[nn.Module] = [nn.Flatten()]
+    """Linear + activation per hidden size, then a Linear read-out; inputs of more than one
+    dimension (images) are flattened first."""
+    layers: list[nn.Module] = [nn.Flatten()] if len(input_shape) > 1 else []
     width = math.prod(input_shape)
     for size in hidden:
-        layers += [nn.Linear(width, size), _ACTIVATIONS[activation]()]
+        layers += [nn.Linear(width, size), activation(activation_name)]
         width = size
     layers.append(nn.Linear(width, n_outputs))
     return nn.Sequential(*layers)
@@ -85,25 +99,45 @@ def mnist_2c2d(input_shape: Sequence[int], n_outputs: int) -> nn.Sequential:
     return nn.Sequential(*features, nn.Linear(width, 1024), nn.ReLU(), nn.Linear(1024, n_outputs))
 
 
+def conv_3c3d(
+    input_shape: Sequence[int],
+    n_outputs: int,
+    width: int = 64,
+    depth: int = 3,
+    activation_name: str = "relu",
+) -> nn.Sequential:
+    """DeepOBS's 3c3d, with its width and depth as knobs (the defaults give cifar10_3c3d).
+
+    ``depth`` convolutions with width x (1, 1.5, 2, 2, ...) channels: 5x5 valid, 3x3 valid,
+    then 3x3 'same'; each of the first three followed by a 3x3 max-pooling of stride 2 with
+    TensorFlow's 'same' padding; then fully connected 512, 256 and the output, with the
+    activation after every layer but the last. The padding before pooling is zeros, which
+    equals TensorFlow's -inf padding after ReLU (outputs >= 0), DeepOBS's case.
+    """
+    if depth < 1:
+        raise ValueError(f"3c3d depth must be at least 1, got {depth}")
+    channels, size, _ = input_shape
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        out = int(round(width * (1, 1.5, 2)[min(i, 2)]))
+        kernel, padding = (5, 0) if i == 0 else (3, 0 if i == 1 else 1)
+        layers += [nn.Conv2d(channels, out, kernel, padding=padding), activation(activation_name)]
+        size = size + 2 * padding - kernel + 1
+        if i < 3:
+            layers += [_tf_same(size, 3, 2), nn.MaxPool2d(3, 2)]
+            size = math.ceil(size / 2)
+        channels = out
+    layers.append(nn.Flatten())
+    flat = _flat_size(nn.Sequential(*layers), input_shape)
+    head = [nn.Linear(flat, 512), activation(activation_name)]
+    head += [nn.Linear(512, 256), activation(activation_name), nn.Linear(256, n_outputs)]
+    return nn.Sequential(*layers, *head)
+
+
 def cifar10_3c3d(input_shape: Sequence[int], n_outputs: int) -> nn.Sequential:
     """DeepOBS cifar10_3c3d: convs 64 (5x5 valid), 96 (3x3 valid), 128 (3x3 same), each +
     ReLU + 3x3/2 max-pool 'same'; FC 512, FC 256, FC out (ReLU between)."""
-    channels, size, _ = input_shape
-    layers: list[nn.Module] = []
-    for conv_in, conv_out, kernel, padding in (
-        (channels, 64, 5, 0),
-        (64, 96, 3, 0),
-        (96, 128, 3, 1),
-    ):
-        layers += [nn.Conv2d(conv_in, conv_out, kernel, padding=padding), nn.ReLU()]
-        size = size + 2 * padding - kernel + 1
-        # zero padding equals TF's -inf padding here: inputs are ReLU outputs, >= 0
-        layers += [_tf_same(size, 3, 2), nn.MaxPool2d(3, 2)]
-        size = math.ceil(size / 2)
-    layers.append(nn.Flatten())
-    width = _flat_size(nn.Sequential(*layers), input_shape)
-    head = [nn.Linear(width, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU()]
-    return nn.Sequential(*layers, *head, nn.Linear(256, n_outputs))
+    return conv_3c3d(input_shape, n_outputs)
 
 
 def cifar100_allcnnc(input_shape: Sequence[int], n_outputs: int) -> nn.Sequential:
@@ -132,13 +166,24 @@ def _fc(activation: str, default_hidden: tuple[int, ...]):
 
 
 NETWORKS: dict[str, Callable[..., nn.Sequential]] = {
-    **{f"fc_{a}": _fc(a, FC_DEFAULT_HIDDEN) for a in _ACTIVATIONS},
-    **{f"fc_{a}_small": _fc(a, FC_SMALL_HIDDEN) for a in _ACTIVATIONS},
+    **{f"fc_{a}": _fc(a, FC_DEFAULT_HIDDEN) for a in FC_ACTIVATIONS},
+    **{f"fc_{a}_small": _fc(a, FC_SMALL_HIDDEN) for a in FC_ACTIVATIONS},
     "small_cnn": small_cnn,
     "mnist_2c2d": mnist_2c2d,
     "cifar10_3c3d": cifar10_3c3d,
     "cifar100_allcnnc": cifar100_allcnnc,
 }
+
+
+def check_network(name: str, hidden: Sequence[int] | None = None) -> None:
+    """Raise ValueError if ``name`` is not a network or ``hidden`` does not apply to it."""
+    if name not in NETWORKS:
+        raise ValueError(f"Unknown network '{name}'. Known networks: {', '.join(NETWORKS)}.")
+    if hidden is not None:
+        if not name.startswith("fc_"):
+            raise ValueError(f"hidden sizes apply to fully connected networks only, not '{name}'.")
+        if not hidden or not all(isinstance(h, int) and h >= 1 for h in hidden):
+            raise ValueError(f"hidden sizes must be integers >= 1, got {list(hidden)}.")
 
 
 def build_network(
@@ -148,11 +193,8 @@ def build_network(
     hidden: Sequence[int] | None = None,
 ) -> nn.Sequential:
     """Network ``name`` for inputs of ``input_shape`` (C, H, W) and ``n_outputs`` classes."""
-    if name not in NETWORKS:
-        raise ValueError(f"Unknown network '{name}'. Known networks: {', '.join(NETWORKS)}.")
+    check_network(name, hidden)
     if hidden is not None:
-        if not name.startswith("fc_"):
-            raise ValueError(f"hidden sizes apply to fully connected networks only, not '{name}'.")
         return NETWORKS[name](input_shape, n_outputs, tuple(hidden))
     if len(input_shape) != 3 and not name.startswith("fc_"):
         raise ValueError(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from backpack.extensions import DiagGGNMC
 
-from hesscale.optim.base import ExtensionAdam, ParamsT, adam_defaults
+from hesscale.optim.base import ExtensionAdam, ParamsT
 
 
 class AdaGGNMC(ExtensionAdam):
@@ -17,32 +19,11 @@ class AdaGGNMC(ExtensionAdam):
 
     savefield = "diag_ggn_mc"
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 3e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        *,
-        mc_samples: int = 1,
-        maximize: bool = False,
-        preconditioner: str = "adam",
-        delta: float | None = None,
-        max_scale: float = 1.0,
-        on_nonfinite: str = "raise",
-    ) -> None:
-        if not isinstance(mc_samples, int) or mc_samples < 1:
+    def __init__(self, params: ParamsT, *args: Any, mc_samples: int = 1, **options: Any) -> None:
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"AdaGGNMC: invalid mc_samples={mc_samples!r}; need an int >= 1.")
-        defaults = adam_defaults(
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            maximize,
-            preconditioner=preconditioner,
-            delta=delta,
-            max_scale=max_scale,
-            on_nonfinite=on_nonfinite,
-        )
-        super().__init__(params, defaults, DiagGGNMC(mc_samples=mc_samples))
+        self.mc_samples = mc_samples
+        super().__init__(params, *args, **options)
+
+    def _make_method(self) -> DiagGGNMC:
+        return DiagGGNMC(mc_samples=self.mc_samples)

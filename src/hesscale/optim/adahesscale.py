@@ -2,35 +2,48 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
+from hesscale.engine import backward as diagonal_backward
 from hesscale.extensions import HesScale, HesScaleGN
-from hesscale.optim.base import ExtensionAdam, ParamsT, adam_defaults
+from hesscale.optim.base import ExtensionAdam
 
 
 class AdaHesScale(ExtensionAdam):
     """Adam with the squared gradient replaced by a HesScale Hessian-diagonal estimate.
 
-    Two ways to drive it (the model and the loss function must be ``backpack.extend``-ed):
+    ``AdaHesScale(params, lr=3e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+    maximize=False, preconditioner='adam', delta=None, max_scale=1.0, on_nonfinite='raise')``
 
-    1. Explicit backward, as in the original README (use it when you own the training loop)::
+    Three ways to drive it, on any model:
+
+    1. ``hesscale.backward`` instead of ``loss.backward()`` (use it when you own the loop;
+       several backward passes before ``step()`` accumulate, as gradients do)::
 
            opt.zero_grad()
-           loss = loss_fn(model(x), y)
-           with backpack(opt.method):   # opt.method is the extension this optimizer needs
-               loss.backward()
+           hesscale.backward(loss_fn(model(x), y))   # AdaHesScaleGN: gn=True
            opt.step()
 
-    2. Closure (shortest, and it cannot forget the extension; use it when one function can
-       compute the loss, and not for gradient accumulation over several backward passes)::
+    2. Closure (shortest; one backward pass per step)::
 
            opt.step(lambda: loss_fn(model(x), y))
 
        The optimizer sets every gradient to None (no ``zero_grad()`` needed), calls the
-       closure under grad mode, and runs ``loss.backward()`` under ``opt.method`` itself. A
-       closure may instead run backward itself, under ``with backpack(opt.method)``; the
-       optimizer notices the gradients and does not run backward again.
+       closure under grad mode, and runs ``hesscale.backward`` on the loss itself. A closure
+       may instead run the backward pass itself; the optimizer notices the gradients and does
+       not run it again.
 
-    ``step()`` raises if a parameter has a gradient but no fresh diagonal (backward did not run
-    under ``opt.method``, or a diagonal was already used by an earlier step).
+    3. As in the original README, for ``backpack.extend``-ed models and losses::
+
+           opt.zero_grad()
+           loss = loss_fn(model(x), y)
+           with backpack(opt.method):   # opt.method is the BackPACK extension it needs
+               loss.backward()
+           opt.step()
+
+    ``step()`` raises if a parameter has a gradient but no fresh diagonal (backward ran
+    without HesScale, or a diagonal was already used by an earlier step). ``zero_grad()``
+    clears the diagonals with the gradients.
 
     Update (see hesscale.optim.update for the exact formulas): m and v are exponential moving
     averages of the gradient and of c(h), h the diagonal; p -= lr * m_hat / (d(v_hat) + eps)
@@ -63,47 +76,31 @@ class AdaHesScale(ExtensionAdam):
     """
 
     savefield = "hesscale"
+    gn = False
+    how_to_backward = (
+        "Run hesscale.backward(loss) instead of loss.backward() (any model), or "
+        "`with backpack(opt.method): loss.backward()` (backpack.extend-ed models), before every "
+        "step(), or call opt.step(closure) with a closure that returns the loss."
+    )
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 3e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        *,
-        maximize: bool = False,
-        preconditioner: str = "adam",
-        delta: float | None = None,
-        max_scale: float = 1.0,
-        on_nonfinite: str = "raise",
-    ) -> None:
-        defaults = adam_defaults(
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            maximize,
-            preconditioner=preconditioner,
-            delta=delta,
-            max_scale=max_scale,
-            on_nonfinite=on_nonfinite,
-        )
-        super().__init__(params, defaults, self._make_method())
+    def _backward(self, loss: Tensor) -> None:
+        diagonal_backward(loss, gn=self.gn)
 
-    @staticmethod
-    def _make_method():
+    def _make_method(self) -> HesScale:
         return HesScale()
 
 
 class AdaHesScaleGN(AdaHesScale):
     """AdaHesScale driven by HesScaleGN (Gauss-Newton) diagonals, in ``p.hesscale_gn``.
 
-    Same arguments and usage as AdaHesScale; ``opt.method`` is a HesScaleGN() instance.
+    Same arguments and usage as AdaHesScale, with ``hesscale.backward(loss, gn=True)``;
+    ``opt.method`` is a HesScaleGN() instance. When the loss is not one HesScaleGN recognises
+    (cross-entropy, NLL, MSE, BCE, ...), name the network output yourself:
+    ``hesscale.backward(loss, gn=True, output=out)``, then ``opt.step()``.
     """
 
     savefield = "hesscale_gn"
+    gn = True
 
-    @staticmethod
-    def _make_method():
+    def _make_method(self) -> HesScaleGN:
         return HesScaleGN()

@@ -6,12 +6,8 @@ import torch
 from torch import Tensor
 
 from hesscale.errors import HesScaleError
-from hesscale.optim.base import DiagonalAdam, ParamsT, adam_defaults
-
-
-def rademacher_like(t: Tensor) -> Tensor:
-    """Independent +1/-1 entries with probability 1/2 each."""
-    return torch.randint(0, 2, t.shape, device=t.device, dtype=t.dtype).mul_(2).sub_(1)
+from hesscale.optim.base import DiagonalAdam, ParamsT
+from hesscale.probes import rademacher
 
 
 def spatial_average(d: Tensor) -> Tensor:
@@ -70,17 +66,17 @@ class AdaHessian(DiagonalAdam):
         spatial_average: bool = True,
         on_nonfinite: str = "raise",
     ) -> None:
-        defaults = adam_defaults(
+        super().__init__(
+            params,
             lr,
             betas,
             eps,
             weight_decay,
-            maximize,
+            maximize=maximize,
             hessian_power=hessian_power,
             on_nonfinite=on_nonfinite,
+            spatial_average=spatial_average,
         )
-        defaults["spatial_average"] = spatial_average
-        super().__init__(params, defaults)
 
     def _backward(self, loss: Tensor) -> None:
         params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
@@ -99,7 +95,7 @@ class AdaHessian(DiagonalAdam):
                 "cannot be taken. Call loss.backward(create_graph=True) before step(), or call "
                 "opt.step(closure) with a closure that returns the loss."
             )
-        vs = [rademacher_like(p) for p in params]
+        vs = [rademacher(p.shape, p) for p in params]
         with torch.enable_grad():
             hvs = torch.autograd.grad(
                 [grads[i] for i in outputs],

@@ -59,7 +59,37 @@ class DiagonalAdam(torch.optim.Optimizer):
     method: BackpropExtension | None = None  # the BackPACK extension backward must run under
     create_graph: bool = False  # whether backward must run with create_graph=True
 
-    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+        *,
+        maximize: bool = False,
+        preconditioner: str = "adam",
+        hessian_power: float = 1.0,
+        delta: float | None = None,
+        max_scale: float = 1.0,
+        on_nonfinite: str = "raise",
+        **extra: Any,
+    ) -> None:
+        """The one constructor of every optimizer here: each option becomes a param-group
+        default (checked with every group added); ``extra`` holds a subclass's own options."""
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            preconditioner=preconditioner,
+            hessian_power=hessian_power,
+            delta=delta,
+            max_scale=max_scale,
+            on_nonfinite=on_nonfinite,
+            **extra,
+        )
         self._used: dict[int, weakref.ref] = {}
         super().__init__(params, defaults)
 
@@ -176,29 +206,67 @@ class DiagonalAdam(torch.optim.Optimizer):
 
 
 class ExtensionAdam(DiagonalAdam):
-    """DiagonalAdam reading the diagonal that a BackPACK extension left in ``p.<savefield>``.
+    """DiagonalAdam reading the diagonal left in ``p.<savefield>`` by a backward pass.
 
-    ``self.method`` is the extension instance; run ``with backpack(opt.method): loss.backward()``
-    before each ``step()``, or pass ``step()`` a closure that returns the loss.
+    ``self.method`` is the BackPACK extension that computes it for extended models (from
+    ``_make_method``); subclasses may compute it otherwise in ``_backward`` (AdaHesScale:
+    ``hesscale.backward``). ``zero_grad()`` clears the diagonals with the gradients. The
+    arguments are AdaHesScale's (see its docstring).
     """
 
     savefield: str
+    how_to_backward = (
+        "Run the backward pass under the optimizer's extension, `with backpack(opt.method): "
+        "loss.backward()` (after backpack.extend(model) and extend(loss_fn)), before every "
+        "step(), or call opt.step(closure) with a closure that returns the loss."
+    )
 
-    def __init__(self, params: ParamsT, defaults: dict[str, Any], method: BackpropExtension):
-        self.method = method
-        super().__init__(params, defaults)
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 3e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        preconditioner: str = "adam",
+        delta: float | None = None,
+        max_scale: float = 1.0,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        self.method = self._make_method()
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            maximize=maximize,
+            preconditioner=preconditioner,
+            delta=delta,
+            max_scale=max_scale,
+            on_nonfinite=on_nonfinite,
+        )
+
+    def _make_method(self) -> BackpropExtension:
+        """The BackPACK extension whose ``savefield`` this optimizer reads."""
+        raise NotImplementedError
 
     def _backward(self, loss: Tensor) -> None:
         with backpack(self.method):
             loss.backward()
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients (as torch.optim does) and drop the diagonals with them."""
+        super().zero_grad(set_to_none=set_to_none)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if hasattr(p, self.savefield):
+                    delattr(p, self.savefield)
+
     def _diagonals(self, params: list[Tensor]) -> list[Tensor]:
-        name, field = type(self).__name__, self.savefield
-        how = (
-            "Run the backward pass under the optimizer's extension, `with backpack(opt.method): "
-            "loss.backward()` (after backpack.extend(model) and extend(loss_fn)), before every "
-            "step(), or call opt.step(closure) with a closure that returns the loss."
-        )
+        name, field, how = type(self).__name__, self.savefield, self.how_to_backward
         diagonals = []
         for p in params:
             h = getattr(p, field, None)
@@ -260,30 +328,3 @@ def _validate(group: dict[str, Any], name: str) -> None:
         raise bad("on_nonfinite", f"supported: {', '.join(map(repr, ON_NONFINITE))}")
     if not isinstance(group["maximize"], bool):
         raise bad("maximize", "need True or False")
-
-
-def adam_defaults(
-    lr: float,
-    betas: tuple[float, float],
-    eps: float,
-    weight_decay: float,
-    maximize: bool,
-    preconditioner: str = "adam",
-    hessian_power: float = 1.0,
-    delta: float | None = None,
-    max_scale: float = 1.0,
-    on_nonfinite: str = "raise",
-) -> dict[str, Any]:
-    """The defaults dict of a DiagonalAdam (every key a param group may override)."""
-    return dict(
-        lr=lr,
-        betas=tuple(betas),
-        eps=eps,
-        weight_decay=weight_decay,
-        maximize=maximize,
-        preconditioner=preconditioner,
-        hessian_power=hessian_power,
-        delta=delta,
-        max_scale=max_scale,
-        on_nonfinite=on_nonfinite,
-    )

@@ -144,3 +144,10 @@ def to_copy(call: NodeCall):
     input's device."""
     h = call.h
     return (None if h is None else h.to(call.grad_in[0].device),)
+
+
+@register("BackwardHookFunctionBackward")
+def identity(call: NodeCall):
+    """The identity nodes nn.Module's full backward hooks insert (e.g. in BackPACK-extended
+    models): each input is passed through as the matching output, h_x = h_z."""
+    return call.h_out

@@ -1,0 +1,74 @@
+"""Supervised learning from a stream of mini-batches, as a stepper for the Trainer.
+
+Each step scores a mini-batch (cross-entropy loss, accuracy) with the current network, then
+the learner updates on it: performance is measured online, before the update.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from hesscale.errors import Diverged
+from hesscale.experiments.learners import Learner
+from hesscale.experiments.tasks import Task
+from hesscale.experiments.trainer import Metrics
+
+
+class SupervisedLearning:
+    """One mini-batch of ``task`` per step; ``learner`` updates ``model`` on it."""
+
+    metrics = ("loss", "accuracy")
+
+    def __init__(self, task: Task, model: nn.Module, learner: Learner, device: torch.device):
+        self.task, self.learner, self.device = task, learner, device
+        self.model, self.loss_fn = model.to(device), nn.CrossEntropyLoss()
+        if learner.uses_backpack:
+            from backpack import extend
+
+            self.model, self.loss_fn = extend(self.model), extend(self.loss_fn)
+        self.model.train()
+
+    def step(self) -> Metrics:
+        x, y = self.task.next_batch()
+        x, y = x.to(self.device), y.to(self.device)
+        output = self.model(x)
+        loss = self.loss_fn(output, y)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise Diverged(f"loss {value}")
+        hits = (output.argmax(dim=1) == y).sum().item()
+        try:
+            self.learner.step(loss)
+        except FloatingPointError as error:  # e.g. hesscale.optim.NonFiniteError
+            raise Diverged(str(error)) from error
+        return {"loss": (value, 1), "accuracy": (hits, len(y))}
+
+    def evaluate(self) -> dict[str, float]:
+        """Loss and accuracy on the whole test split (DeepOBS-style evaluation)."""
+        self.model.eval()
+        total = hits = n = 0
+        with torch.no_grad():
+            for x, y in self.task.test_batches():
+                x, y = x.to(self.device), y.to(self.device)
+                output = self.model(x)
+                total += nn.functional.cross_entropy(output, y, reduction="sum").item()
+                hits += (output.argmax(dim=1) == y).sum().item()
+                n += len(y)
+        self.model.train()
+        return {"loss": total / n, "accuracy": hits / n}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.learner.optimizer.state_dict(),
+            "task": self.task.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.learner.optimizer.load_state_dict(state["optimizer"])
+        self.task.load_state_dict(state["task"])

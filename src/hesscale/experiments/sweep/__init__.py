@@ -1,0 +1,37 @@
+"""``hesscale sweep SPEC``: a grid of runs from a TOML spec: command lists, SLURM, or local.
+
+Modules: ``spec`` (read and check a spec), ``plan`` (its runs, their commands and status),
+``local`` (run them here, in a process pool), ``slurm`` (job-array scripts), ``cli``.
+
+SPEC is a TOML file, or the name of a spec shipped with hesscale (``hesscale sweep --list``).
+It writes, under the output folder (default ``results/<spec name>``):
+
+  commands/<learner>.txt     one ``hesscale run ...`` command per line
+  slurm/<learner>.sh         a SLURM job array over that list (sbatch it)
+  slurm/submit_all.sh        sbatch for every learner
+  logs/<learner>/<config>/seed_<s>.json   the run logs
+
+``--jobs N`` also runs the pending commands here, N at a time. Sweeps resume: complete runs
+(finished or diverged) are skipped, everything else runs again; failed runs are listed with
+their traceback (``--status`` shows where a sweep stands without running anything).
+
+A spec::
+
+    name = "digits_small"          # output folder name
+    task = "digits-label-permuted" # see hesscale.experiments.tasks
+    network = "fc_relu_small"      # see hesscale.experiments.networks
+    steps = 500
+    batch_size = 16
+    change_freq = 100              # permuted tasks only
+    bin_size = 25
+    # eval_every = 500             # test-split loss/accuracy every 500 steps (not digits)
+    seeds = 3                      # 3 means [0, 1, 2]; or a list
+    # hidden = [64, 32]            # fc networks: hidden sizes
+
+    [learners.adam]                # every list is a grid axis; scalars are fixed
+    lr = [1e-3, 1e-2]
+    beta2 = 0.999
+
+    [slurm]                        # defaults for the --time, --mem, ... options below
+    time = "01:00:00"
+"""
