@@ -155,7 +155,7 @@ def cosine_embedding(p, x, y):
 
 def multilabel_soft_margin(p, x, y):
     out = net(p, x)
-    return F.multilabel_soft_margin_loss(out, (y > 0).double()), (out,)
+    return F.multilabel_soft_margin_loss(out, (y > 0).to(out.dtype)), (out,)
 
 
 def hinge_embedding(p, x, y):
@@ -180,7 +180,7 @@ def cross_entropy_probability_targets(p, x, y):
 
 def bce_probabilities(p, x, y):
     out = torch.sigmoid(net(p, x))  # the loss's input is the network output
-    return F.binary_cross_entropy(out, (y > 0).double()), (out,)
+    return F.binary_cross_entropy(out, (y > 0).to(out.dtype)), (out,)
 
 
 def huber_sum(p, x, y):

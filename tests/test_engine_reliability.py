@@ -249,3 +249,60 @@ def test_a_second_pass_over_a_retained_graph():
         torch.testing.assert_close(p.hesscale_gn, h_gn, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="second time"):
         hesscale.backward(loss)  # the graph was freed, as for loss.backward()
+
+
+# float16 ---------------------------------------------------------------------------------
+
+
+def test_float16_squares_do_not_overflow_where_the_diagonal_fits():
+    """Issue 9: nn.Linear(3, 2).half() on inputs of 300: x^2 = 90000 overflows float16, the
+    diagonal (~2.2e4 here) does not. The rules square and sum in float32 (rules.precision) and
+    cast the finished diagonal to float16: it equals the float32 model's, cast (up to the
+    float16 rounding of the forward pass itself)."""
+    torch.manual_seed(0)
+    model16 = nn.Linear(3, 2).half()
+    with torch.no_grad():
+        model16.weight.mul_(1e-3)  # logits of order 1: the softmax is not saturated
+    model32 = nn.Linear(3, 2)
+    model32.load_state_dict({k: v.float() for k, v in model16.state_dict().items()})
+    x, y = torch.full((4, 3), 300.0), torch.tensor([0, 1, 0, 1])
+    assert (x.half() ** 2).isinf().all()
+    hesscale.backward(F.cross_entropy(model16(x.half()), y), gn="both")
+    hesscale.backward(F.cross_entropy(model32(x), y), gn="both")
+    for p16, p32 in zip(model16.parameters(), model32.parameters(), strict=True):
+        for variant in ("hesscale", "hesscale_gn"):
+            h16, h32 = getattr(p16, variant), getattr(p32, variant)
+            assert h16.dtype == torch.float16 and h16.isfinite().all()
+            torch.testing.assert_close(h16.float(), h32.half().float(), rtol=2e-3, atol=0)
+    assert model16.weight.hesscale.min() > 2e4
+
+
+FLOAT16_GRAPHS = ["views", "index-writes", "constant-buffers", "whole-tensor-writes"]
+
+
+@pytest.mark.parametrize("name", FLOAT16_GRAPHS)
+def test_float16_graphs_follow_the_float64_result(name):
+    """Writes, index and loss kernels whose backward formulas need the node's own dtype run
+    with float32 diagonals through a float16 model; the result follows float64's to the
+    precision of a float16 forward pass."""
+    from tests import test_engine_ops_inplace as graphs
+
+    loss_fn, names = graphs.GRAPHS[name]
+    torch.manual_seed(0)
+    params = {k: v.double() for k, v in graphs.params().items() if k in names.split()}
+    x, y = torch.randn(3, 3, dtype=torch.float64), torch.tensor([0, 2, 1])
+    results = {}
+    previous = torch.get_default_dtype()
+    for dtype in (torch.float64, torch.float16):
+        torch.set_default_dtype(dtype)  # the graph's own constants
+        try:
+            leaves = {k: v.detach().to(dtype).requires_grad_(True) for k, v in params.items()}
+            hesscale.backward(loss_fn(leaves, x.to(dtype), y)[0])
+        finally:
+            torch.set_default_dtype(previous)
+        results[dtype] = {k: v.hesscale for k, v in leaves.items()}
+    for k in params:
+        h16, h64 = results[torch.float16][k], results[torch.float64][k]
+        assert h16.dtype == torch.float16
+        scale = h64.abs().max()
+        torch.testing.assert_close(h16.double(), h64, rtol=0, atol=3e-2 * float(scale))

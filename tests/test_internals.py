@@ -52,6 +52,12 @@ def test_apply_backward_runs_the_formula_without_hooks():
     assert isinstance(single, tuple) and single[0].shape == (3, 4)
 
 
+def test_output_dtype_of_a_node():
+    x = torch.randn(3, 4, requires_grad=True)
+    assert internals.output_dtype((x.half() * 2).grad_fn, 0) == torch.float16
+    assert internals.output_dtype((x * 2).grad_fn, 0) == torch.float32
+
+
 def test_output_shape_of_a_node():
     x = torch.randn(3, 4, requires_grad=True)
     y = torch.randn(4, requires_grad=True)

@@ -65,6 +65,11 @@ def wrapped_node(node: Node) -> Node | None:
     return getattr(node, "_wrapped_node", None)
 
 
+def output_dtype(node: Node, index: int) -> torch.dtype:
+    """The dtype of forward output ``index`` of ``node`` (``_input_metadata``)."""
+    return node._input_metadata[index].dtype
+
+
 def output_shape(node: Node, index: int) -> tuple[int, ...]:
     """The shape of forward output ``index`` of ``node`` (the tensor its gradient has),
     from autograd's ``_input_metadata`` (a node's inputs are the forward outputs)."""

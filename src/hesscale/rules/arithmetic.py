@@ -5,7 +5,8 @@ broadcasting; the engine sums broadcast copies) and
 
     h_x = (dz/dx)^2 h_z + (d^2 z / dx^2) g_z
 
-with the other input held fixed.
+with the other input held fixed. Squares and products are computed in float32 where float16
+takes part (rules.precision).
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hesscale.rules.precision import promote
+
 
 def product_factor(h_out: Tensor, other: Tensor) -> Tensor:
     """z = x * y: h_x = y^2 h_z (z is linear in x)."""
+    h_out, other = promote(h_out, other)
     return h_out * other.square()
 
 
 def quotient_numerator(h_out: Tensor, denominator: Tensor) -> Tensor:
     """z = x / y: h_x = h_z / y^2 (z is linear in x)."""
+    h_out, denominator = promote(h_out, denominator)
     return h_out / denominator.square()
 
 
@@ -29,6 +34,7 @@ def quotient_denominator(
 ) -> Tensor | None:
     """z = x / y: dz/dy = -z / y and d^2z/dy^2 = 2 z / y^2, so
     h_y = (z / y)^2 h_z + 2 (z / y^2) g_z."""
+    h_out, g_out, quotient, denominator = promote(h_out, g_out, quotient, denominator)
     ratio = quotient / denominator
     h_in = None if h_out is None else h_out * ratio.square()
     if g_out is None:

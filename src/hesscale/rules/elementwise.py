@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor
 
+from hesscale.rules.precision import promote, upcast
+
 Derivatives = tuple[Tensor, Tensor]
 
 
@@ -21,6 +23,7 @@ def elementwise_input(
     h_out: Tensor, g_out: Tensor | None, first: Tensor, second: Tensor | float
 ) -> Tensor:
     """h_x = first^2 * h_z + second * g_z, where first = sigma'(x), second = sigma''(x)."""
+    h_out, g_out, first, second = promote(h_out, g_out, first, second)
     h_in = (h_out * first).mul_(first)  # first^2 * h_z, with one new tensor
     if g_out is None or (not isinstance(second, Tensor) and second == 0):
         return h_in
@@ -123,7 +126,10 @@ def gelu_derivatives(x: Tensor, approximate: str = "none") -> Derivatives:
     With approximate='tanh', gelu(x) = x (1 + tanh(u)) / 2, u = c (x + 0.044715 x^3),
     c = sqrt(2 / pi): sigma' = (1 + t) / 2 + x (1 - t^2) u' / 2 and
     sigma'' = (1 - t^2) u' + x (1 - t^2) (u'' - 2 t u'^2) / 2.
+
+    Powers of x overflow float16 for moderate |x| (inf * 0 = NaN), so x is upcast first.
     """
+    x = upcast(x)
     if approximate == "tanh":
         c = math.sqrt(2.0 / math.pi)
         u = c * (x + 0.044715 * x**3)

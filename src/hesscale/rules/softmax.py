@@ -20,9 +20,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from hesscale.rules.precision import promote
+
 
 def softmax_input(probs: Tensor, h_out: Tensor, g_out: Tensor | None, dim: int) -> Tensor:
     """Diagonal w.r.t. the input of softmax; ``probs`` is the softmax output."""
+    probs, h_out, g_out = promote(probs, h_out, g_out)
     p2 = probs.square()
     weighted = p2 * h_out
     others = weighted.sum(dim, keepdim=True) - weighted
@@ -40,6 +43,7 @@ def softmax_input(probs: Tensor, h_out: Tensor, g_out: Tensor | None, dim: int) 
 
 def log_softmax_input(probs: Tensor, h_out: Tensor, g_out: Tensor | None, dim: int) -> Tensor:
     """Diagonal w.r.t. the input of log-softmax; ``probs`` is exp of its output."""
+    probs, h_out, g_out = promote(probs, h_out, g_out)
     others = h_out.sum(dim, keepdim=True) - h_out
     h_in = (1 - probs).square() * h_out + probs.square() * others
     if g_out is not None:

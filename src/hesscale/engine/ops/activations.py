@@ -7,6 +7,7 @@ from hesscale.engine.ops.common import unary
 from hesscale.engine.registry import register
 from hesscale.internals import saved_value
 from hesscale.rules import elementwise, softmax
+from hesscale.rules.precision import upcast
 
 
 @register("ReluBackward0")
@@ -169,7 +170,7 @@ def softmax_(call: NodeCall):
     h, g = call.h, call.g
     if h is None and g is None:
         return (None,)
-    probs = call.saved("result")
+    probs = upcast(call.saved("result"))
     return (softmax.softmax_input(probs, _or_zeros(h, probs), g, call.saved("dim")),)
 
 
@@ -179,7 +180,7 @@ def log_softmax(call: NodeCall):
     h, g = call.h, call.g
     if h is None and g is None:
         return (None,)
-    probs = call.saved("result").exp()
+    probs = upcast(call.saved("result")).exp()
     return (softmax.log_softmax_input(probs, _or_zeros(h, probs), g, call.saved("dim")),)
 
 

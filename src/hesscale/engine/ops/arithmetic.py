@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from hesscale.engine.call import NodeCall
-from hesscale.engine.ops.common import entrywise_linear, scaled, unary
+from hesscale.engine.ops.common import backward_formula, entrywise_linear, scaled, unary
 from hesscale.engine.registry import register
-from hesscale.internals import apply_backward
 from hesscale.rules import arithmetic, elementwise
 from hesscale.rules.elementwise import elementwise_input
 
@@ -113,7 +112,7 @@ def mean(call: NodeCall):
     h = call.h
     if h is None:
         return (None,)
-    spread = apply_backward(call.node, h)[0]  # h_z / n in the input's shape
+    spread = backward_formula(call.node, h)[0]  # h_z / n in the input's shape
     n = call.saved("self_sym_numel") // max(h.numel(), 1)
     return (spread / n,)
 
@@ -137,7 +136,7 @@ def select_entries(call: NodeCall):
     h = J^T h_z, the node's own backward formula applied to h_z."""
     if call.h is None:
         return (None,) * len(call.grad_in)
-    return apply_backward(call.node, call.h)
+    return backward_formula(call.node, call.h)
 
 
 # Each input entry reaches one output entry (per broadcast copy), (piecewise) linearly or

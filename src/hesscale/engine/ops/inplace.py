@@ -30,7 +30,7 @@ import torch
 
 from hesscale.engine.call import NodeCall
 from hesscale.engine.ops import arithmetic, shape
-from hesscale.engine.ops.common import entrywise_linear
+from hesscale.engine.ops.common import backward_formula, entrywise_linear
 from hesscale.engine.registry import RULES, register
 from hesscale.internals import apply_backward, output_shape, wrapped_node
 
@@ -132,7 +132,7 @@ def copy_slices(call: NodeCall):
     if name in ZERO_ONE:
         if call.h is None:
             return (None,) * len(call.grad_in)
-        return apply_backward(call.node, call.h)
+        return backward_formula(call.node, call.h)
     if _is_entrywise(wrapped):
         return entrywise_linear(call)
     return _through_the_view(call, wrapped)

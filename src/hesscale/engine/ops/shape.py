@@ -15,8 +15,9 @@ import math
 import torch
 
 from hesscale.engine.call import NodeCall
+from hesscale.engine.ops.common import backward_formula
 from hesscale.engine.registry import register
-from hesscale.internals import apply_backward, output_shape, saved_value
+from hesscale.internals import output_shape, saved_value
 
 ZERO_ONE_JACOBIAN = (
     # views and reshapes
@@ -102,7 +103,7 @@ def zero_one_jacobian(call: NodeCall):
     """h_x = J^T h_z: the node's backward formula applied to the diagonal."""
     if all(h is None for h in call.h_out):
         return (None,) * len(call.grad_in)
-    return apply_backward(call.node, *call.h_out)
+    return backward_formula(call.node, *call.h_out)
 
 
 def _no_colliding_broadcast(node) -> str | None:
