@@ -92,3 +92,43 @@ COVERED_ELSEWHERE = {
     "ThresholdBackward1":
         "test_engine_ops_inplace.py::test_in_place_graph_matches_oracle[activations]",
 }  # fmt: skip
+
+
+# functions torch builds from primitive operations, and hand-written layers, in a network ----
+
+
+def manual_layer_norm(h, w, b):
+    centred = h - h.mean(-1, keepdim=True)
+    return centred / torch.sqrt(h.var(-1, keepdim=True, unbiased=False) + 1e-5) * w + b
+
+
+COMPOSITES = {
+    "softsign": F.softsign,
+    "tanhshrink": F.tanhshrink,
+    "relu6-hardswish": lambda h: F.hardswish(F.relu6(3 * h)),
+    "normalize": lambda h: F.normalize(h, dim=1),
+    "cosine-similarity": lambda h: F.cosine_similarity(h, h.flip(0), dim=1).unsqueeze(1) * h,
+    "pairwise-distance": lambda h: F.pairwise_distance(h, h.roll(1, 0)).unsqueeze(1) + h,
+    "std-scaling": lambda h: h / h.std(0, keepdim=True),
+    "logsumexp-pooling": lambda h: h - h.logsumexp(1, keepdim=True),
+    "max-pooling-over-features": lambda h: h * h.amax(1, keepdim=True),
+    "glu": lambda h: F.glu(torch.cat([h, h.flip(1)], 1), 1),
+}
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("name", COMPOSITES)
+def test_functions_in_a_network_match_oracle(name):
+    from tests.engine_checks import check_graph
+
+    torch.manual_seed(0)
+    params = {"w0": r(4, 3), "b0": r(4), "g": torch.rand(4) + 0.5, "c": r(4) / 4,
+              "w1": r(3, 4), "b1": r(3)}  # fmt: skip
+
+    def loss_fn(p, x, y):
+        h = F.linear(x, p["w0"], p["b0"])
+        h = COMPOSITES[name](manual_layer_norm(h, p["g"], p["c"]))
+        out = F.linear(h, p["w1"], p["b1"])
+        return F.cross_entropy(out, y), (out,)
+
+    check_graph(loss_fn, params, r(5, 3), torch.tensor([0, 2, 1, 1, 0]))

@@ -357,3 +357,12 @@ def test_writes_with_curvature_restrict_to_the_view_through_its_recorded_chain()
     assert view_chain(buf.grad_fn) is None  # the buffer needs no gradient: no chain
     buf[:, 1:].exp_()  # now it does (through the first write)
     assert [n.name() for n in view_chain(buf.grad_fn)] == ["SliceBackward0"]
+
+
+def test_an_unsupported_in_place_operation_on_a_view_is_named():
+    x = r(3, 4).requires_grad_(True)
+    h = x * 1
+    h[:, 1:].digamma_()
+    with pytest.raises(UnsupportedOperationError, match="wraps the in-place operation Digamma"):
+        hesscale.backward(h.sum())
+    assert x.grad is None
