@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from hesscale.engine import distributed
 from hesscale.engine import graph as graphs
 from hesscale.engine.call import NodeCall
 from hesscale.engine.registry import RULES
@@ -93,6 +94,8 @@ class DiagonalBackward:
             for handle in handles:
                 handle.remove()
         self._write_leaves()
+        if distributed.active():
+            distributed.average_over_ranks(self.graph.leaves.values(), self.variants)
 
     # the per-node step ---------------------------------------------------------------------
 

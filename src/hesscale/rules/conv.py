@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hesscale.rules.precision import promote, upcast
+
 
 @dataclass(frozen=True)
 class ConvGeometry:
@@ -104,6 +106,7 @@ def conv_input(h_out: Tensor, x: Tensor, weight: Tensor, geometry: ConvGeometry)
     ``x`` (the forward input) supplies only the shape and memory layout; batched
     (N, C, *spatial) or unbatched (C, *spatial).
     """
+    h_out, x, weight = promote(h_out, x, weight)
     h_out, x, batched = _batched(h_out, x, weight)
     _, excess = _split_padding(geometry)
     if any(before or after for before, after in excess):
@@ -120,6 +123,7 @@ def conv_weight(h_out: Tensor, x: Tensor, weight: Tensor, geometry: ConvGeometry
 
     ``weight`` supplies only the shape; ``x`` is the forward input, batched or unbatched.
     """
+    h_out, x, weight = promote(h_out, x, weight)
     h_out, x, _ = _batched(h_out, x, weight)
     _, excess = _split_padding(geometry)
     x_squared = x.square()
@@ -131,4 +135,4 @@ def conv_weight(h_out: Tensor, x: Tensor, weight: Tensor, geometry: ConvGeometry
 def conv_bias(h_out: Tensor, spatial_dims: int) -> Tensor:
     """h_b[o] = sum of h_z over batch (if any) and the ``spatial_dims`` trailing dimensions."""
     channel_dim = h_out.dim() - spatial_dims - 1
-    return h_out.sum([d for d in range(h_out.dim()) if d != channel_dim])
+    return upcast(h_out).sum([d for d in range(h_out.dim()) if d != channel_dim])

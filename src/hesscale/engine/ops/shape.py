@@ -147,8 +147,10 @@ def to_copy(call: NodeCall):
     return (None if h is None else h.to(call.grad_in[0].device),)
 
 
-@register("BackwardHookFunctionBackward")
+@register("BackwardHookFunctionBackward", "_DDPSinkBackward")
 def identity(call: NodeCall):
-    """The identity nodes nn.Module's full backward hooks insert (e.g. in BackPACK-extended
-    models): each input is passed through as the matching output, h_x = h_z."""
+    """Identity nodes that hooks insert: nn.Module's full backward hooks (e.g. in
+    BackPACK-extended models) and DistributedDataParallel's output sink (with
+    find_unused_parameters or static_graph). Each input passes through as the matching
+    output, h_x = h_z."""
     return call.h_out
