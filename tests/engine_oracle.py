@@ -44,8 +44,21 @@ FUSED_DECOMPOSITIONS = get_decompositions(
 STOPS_GRADIENT = {aten.detach.default}
 
 
+def _functional_copy(self, src, non_blocking=False):
+    """aten.copy (what functionalisation makes of copy_ and of assignments): the value of src
+    in self's shape and dtype (torch has no derivative formula for it)."""
+    return src.to(self.dtype).expand_as(self).clone()
+
+
+# Functional operations torch cannot differentiate, as the same function written with
+# operations it can.
+DIFFERENTIABLE_FORMS = {aten.copy.default: _functional_copy}
+
+
 def _out_of_place(target):
     """aten.add_.Tensor -> aten.add.Tensor: the oracle evaluates values, not mutations."""
+    if target in DIFFERENTIABLE_FORMS:
+        return DIFFERENTIABLE_FORMS[target]
     if isinstance(target, torch._ops.OpOverload) and target._schema.name.endswith("_"):
         packet = getattr(aten, target._schema.name.split("::")[1][:-1])
         return getattr(packet, target._overloadname)

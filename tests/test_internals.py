@@ -56,6 +56,12 @@ def test_apply_backward_runs_the_formula_without_hooks():
     assert isinstance(single, tuple) and single[0].shape == (3, 4)
 
 
+def test_output_dtype_of_a_node():
+    x = torch.randn(3, 4, requires_grad=True)
+    assert internals.output_dtype((x.half() * 2).grad_fn, 0) == torch.float16
+    assert internals.output_dtype((x * 2).grad_fn, 0) == torch.float32
+
+
 def test_output_shape_of_a_node():
     x = torch.randn(3, 4, requires_grad=True)
     y = torch.randn(4, requires_grad=True)
@@ -72,6 +78,26 @@ def test_forward_traceback_under_anomaly_mode():
         with torch.autograd.detect_anomaly(check_nan=False):
             y = x * 2
     assert "test_internals.py" in internals.forward_traceback(y.grad_fn)
+
+
+def test_copy_slices_exposes_the_wrapped_in_place_node():
+    x = torch.randn(3, 4, requires_grad=True)
+    y = torch.randn(3, requires_grad=True)
+    a = x * 1
+    a[:, 0] = y
+    node = a.grad_fn
+    assert node.name() == "torch::autograd::CopySlices"
+    wrapped = internals.wrapped_node(node)
+    assert wrapped.name() == "torch::autograd::CopyBackwards"
+    # the wrapped node's first input is the view (taken from the base), the others are shared
+    assert wrapped.next_functions[0][0].name() == "SelectBackward0"
+    assert wrapped.next_functions[0][0].next_functions[0][0] is node.next_functions[0][0]
+    assert wrapped.next_functions[1][0] is node.next_functions[1][0]
+    assert internals.output_shape(wrapped, 0) == (3,)
+    b = x * 1
+    b[:, :2].mul_(2)
+    assert internals.wrapped_node(b.grad_fn).name() == "MulBackward0"
+    assert internals.wrapped_node(x.exp().grad_fn) is None
 
 
 def test_grad_stamp_changes_with_in_place_updates():

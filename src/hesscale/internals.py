@@ -61,6 +61,18 @@ def apply_backward(node: Node, *grads_out: torch.Tensor | None) -> tuple:
     return result if isinstance(result, tuple) else (result,)
 
 
+def wrapped_node(node: Node) -> Node | None:
+    """The node of the in-place operation a ``CopySlices`` node wraps (``_wrapped_node``): an
+    in-place operation on a view records CopySlices on the view's base, which runs the wrapped
+    node's backward formula on the view's part of the gradient. None for other nodes."""
+    return getattr(node, "_wrapped_node", None)
+
+
+def output_dtype(node: Node, index: int) -> torch.dtype:
+    """The dtype of forward output ``index`` of ``node`` (``_input_metadata``)."""
+    return node._input_metadata[index].dtype
+
+
 def output_shape(node: Node, index: int) -> tuple[int, ...]:
     """The shape of forward output ``index`` of ``node`` (the tensor its gradient has),
     from autograd's ``_input_metadata`` (a node's inputs are the forward outputs)."""

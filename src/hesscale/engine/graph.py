@@ -118,8 +118,14 @@ LOSS_KERNELS = frozenset(
         "BinaryCrossEntropyBackward0",
         "HuberLossBackward0",
         "SmoothL1LossBackward0",
-        "L1LossBackward0",
+        "SoftMarginLossBackward0",
+        "MultiMarginLossBackward0",
+        "AbsBackward0",  # F.l1_loss: torch records mean(abs(x - y)), no kernel of its own
     }
+)
+RECOGNISED_LOSSES = (
+    "cross-entropy, NLL, KL divergence of a log-softmax, MSE, BCE, Huber, smooth L1, L1, soft "
+    "margin, multi-margin"
 )
 NLL_KERNELS = frozenset({"NllLossBackward0", "NllLoss2DBackward0"})
 RESHAPES = frozenset(
@@ -157,6 +163,7 @@ LOSS_COMBINERS = frozenset(
         "UnsqueezeBackward0",
         "ToCopyBackward0",
         "BackwardHookFunctionBackward",
+        "FillBackward2",  # an empty batch: cross-entropy with probability targets fills NaN
     }
 )
 
@@ -218,14 +225,13 @@ def detect_network_outputs(graph: Graph) -> list[Node]:
             raise HesScaleError(
                 "HesScaleGN needs to know where the network ends and the loss begins, and the "
                 f"loss reaches {name} ({graph.path_to(node)}) before any loss function it "
-                "recognises (cross-entropy, NLL, MSE, BCE, Huber, smooth L1, L1). Name the "
-                "network output(s): hesscale.backward(loss, gn=True, output=logits)."
+                f"recognises ({RECOGNISED_LOSSES}). Name the network output(s): "
+                "hesscale.backward(loss, gn=True, output=logits)."
             )
     if not found:
         raise HesScaleError(
-            "HesScaleGN found no loss function in the graph (cross-entropy, NLL, MSE, BCE, "
-            "Huber, smooth L1, L1). Name the network output(s): "
-            "hesscale.backward(loss, gn=True, output=logits)."
+            f"HesScaleGN found no loss function in the graph ({RECOGNISED_LOSSES}). Name the "
+            "network output(s): hesscale.backward(loss, gn=True, output=logits)."
         )
     return found
 

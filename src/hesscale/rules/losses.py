@@ -175,3 +175,87 @@ def bce_with_logits_target_derivative(
     q_log_s = log_s if pos_weight is None else pos_weight * log_s
     factor = scale if weight is None else scale * weight
     return -factor * (q_log_s - log_not_s)
+
+
+def binary_cross_entropy_derivatives(
+    probs: Tensor, target: Tensor, weight: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor]:
+    """l = -c w [y log p + (1 - y) log(1 - p)] on probabilities p:
+    dl/dp = c w (p - y) / (p (1 - p)), d^2l/dp^2 = c w (y / p^2 + (1 - y) / (1 - p)^2)."""
+    factor = scale if weight is None else scale * weight
+    not_p = 1 - probs
+    first = factor * (probs - target) / (probs * not_p)
+    second = factor * (target / probs.square() + (1 - target) / not_p.square())
+    return first, second
+
+
+def binary_cross_entropy_target_derivative(
+    probs: Tensor, weight: Tensor | None, scale: float
+) -> Tensor:
+    """dl/dy = -c w log(p / (1 - p)); l is linear in the target y."""
+    factor = scale if weight is None else scale * weight
+    return -factor * torch.logit(probs)
+
+
+def huber_derivatives(
+    prediction: Tensor, target: Tensor, delta: float, scale: float
+) -> tuple[Tensor, Tensor]:
+    """c huber(x - y): with d = x - y, l = d^2 / 2 for |d| <= delta, else delta (|d| - delta/2):
+    dl/dx = c clamp(d, -delta, delta), d^2l/dx^2 = c for |d| < delta, else 0 (for y: the
+    negative first derivative and the same second)."""
+    d = prediction - target
+    second = (d.abs() < delta).to(d.dtype) * scale
+    return scale * d.clamp(-delta, delta), second
+
+
+def smooth_l1_derivatives(
+    prediction: Tensor, target: Tensor, beta: float, scale: float
+) -> tuple[Tensor, Tensor | float]:
+    """c smooth_l1(x - y): with d = x - y, l = d^2 / (2 beta) for |d| < beta, else
+    |d| - beta / 2: dl/dx = c clamp(d / beta, -1, 1), d^2l/dx^2 = c / beta for |d| < beta, else 0
+    (beta = 0: the L1 loss, sign(d) and 0)."""
+    d = prediction - target
+    if beta == 0:
+        return scale * torch.sign(d), 0.0
+    second = (d.abs() < beta).to(d.dtype) * (scale / beta)
+    return scale * (d / beta).clamp(-1, 1), second
+
+
+def soft_margin_derivatives(
+    prediction: Tensor, target: Tensor, scale: float
+) -> tuple[Tensor, Tensor]:
+    """c log(1 + exp(-y x)): with s = sigmoid(y x), dl/dx = -c y (1 - s),
+    d^2l/dx^2 = c y^2 s (1 - s)."""
+    s = torch.sigmoid(target * prediction)
+    not_s = 1 - s
+    return -scale * target * not_s, scale * target.square() * s * not_s
+
+
+def multi_margin_derivatives(
+    scores: Tensor,
+    target: Tensor,
+    p: int,
+    margin: float,
+    weight: Tensor | None,
+    scale: float,
+) -> tuple[Tensor, Tensor | float]:
+    """Per sample, l = c w_t / C sum_{j != t} max(0, margin - x_t + x_j)^p over the C classes
+    (dim -1), t the target. With m_j = max(0, margin - x_t + x_j) and a_j = 1[m_j > 0]:
+    p = 1: dl/dx_j = c w_t a_j / C, dl/dx_t = -sum_j of those; no curvature.
+    p = 2: dl/dx_j = 2 c w_t m_j / C, dl/dx_t = -sum_j of those;
+    d^2l/dx_j^2 = 2 c w_t a_j / C, d^2l/dx_t^2 = sum_j of those."""
+    target = target.unsqueeze(-1)
+    margins = margin - scores.gather(-1, target) + scores
+    is_target = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, target, True)
+    active = ((margins > 0) & ~is_target).to(scores.dtype)
+    factor = scale / scores.shape[-1]
+    if weight is not None:
+        factor = factor * weight[target]
+    if p == 1:
+        per_class, curvature = factor * active, None
+    else:
+        per_class, curvature = 2 * factor * margins * active, 2 * factor * active
+    first = torch.where(is_target, -per_class.sum(-1, keepdim=True), per_class)
+    if curvature is None:
+        return first, 0.0
+    return first, torch.where(is_target, curvature.sum(-1, keepdim=True), curvature)

@@ -6,7 +6,10 @@ Each rule reads what its node saved, and calls the formulas in ``hesscale.rules`
 from hesscale.engine.ops import (  # noqa: F401
     activations,
     arithmetic,
+    functions,
+    inplace,
     linear_algebra,
     losses,
+    reductions,
     shape,
 )
