@@ -21,9 +21,15 @@ def matmul_left(h_out: Tensor, right: Tensor) -> Tensor:
     return h_out @ right.square().mT
 
 
-def matmul_right(h_out: Tensor, left: Tensor) -> Tensor:
-    """h_b = (a * a)^T @ h_z for z = a @ b."""
+def matmul_right(h_out: Tensor, left: Tensor, transposed: bool = False) -> Tensor:
+    """h_b = (a * a)^T @ h_z for z = a @ b.
+
+    ``transposed``: b is stored transposed (nn.Linear's weight enters addmm as W^T); the
+    product is then computed as (h_z^T @ a^2)^T, so that h_W comes out in the weight's
+    layout."""
     h_out, left = promote(h_out, left)
+    if transposed:
+        return (h_out.mT @ left.square()).mT
     return left.square().mT @ h_out
 
 
