@@ -60,6 +60,12 @@ def test_output_shape_of_a_node():
     assert internals.output_shape(child, nr) == (4,)
 
 
+def test_output_count_of_a_node():
+    x = torch.randn(2, 4, 3, requires_grad=True)
+    assert internals.output_count((x * 2).grad_fn) == 1
+    assert internals.output_count(torch.nn.functional.group_norm(x, 2).grad_fn) == 3  # mean, rstd
+
+
 def test_forward_traceback_under_anomaly_mode():
     x = torch.randn(3, requires_grad=True)
     assert internals.forward_traceback((x * 2).grad_fn) is None

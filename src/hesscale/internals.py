@@ -62,3 +62,8 @@ def output_shape(node: Node, index: int) -> tuple[int, ...]:
     """The shape of forward output ``index`` of ``node`` (the tensor its gradient has),
     from autograd's ``_input_metadata`` (a node's inputs are the forward outputs)."""
     return tuple(node._input_metadata[index].shape)
+
+
+def output_count(node: Node) -> int:
+    """How many forward outputs ``node`` has (the gradients its backward formula takes)."""
+    return len(node._input_metadata)
