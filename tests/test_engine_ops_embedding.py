@@ -44,7 +44,8 @@ CASES = [
 
 
 # sparse=True (a sparse gradient, which the per-operation oracle cannot differentiate):
-# test_engine_cnn_graphs.py::test_sparse_embedding_equals_dense_oracle
+# test_engine_graphs_cnn.py::test_sparse_embedding_equals_dense_oracle
+
 
 @pytest.mark.parametrize("fn, inputs, grad", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_rule_matches_definition(fn, inputs, grad):

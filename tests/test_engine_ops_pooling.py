@@ -48,20 +48,23 @@ def module_cases():
         nodes = 2 if n == 1 else n
         lift = lift_to_2d if n == 1 else (lambda kwargs: kwargs)
         max_pool, avg_pool = getattr(nn, f"MaxPool{nodes}d"), getattr(nn, f"AvgPool{nodes}d")
+        adaptive_avg = getattr(nn, f"AdaptiveAvgPool{nodes}d")
+        adaptive_max = getattr(nn, f"AdaptiveMaxPool{nodes}d")
+        shape = lifted(n)
         for i, kwargs in enumerate(MAX + ([MAX_ANISO[n]] if n in MAX_ANISO else [])):
             for batch in (1, 3):
-                yield f"maxpool{n}d-{i}-n{batch}", max_pool(**lift(kwargs)), (r(batch, 2, *lifted(n)),)
-            yield f"maxpool{n}d-{i}-ties", max_pool(**lift(kwargs)), (ties(2, 2, *lifted(n)),)
+                yield f"maxpool{n}d-{i}-n{batch}", max_pool(**lift(kwargs)), (r(batch, 2, *shape),)
+            yield f"maxpool{n}d-{i}-ties", max_pool(**lift(kwargs)), (ties(2, 2, *shape),)
         for i, kwargs in enumerate(AVG + (AVG_DIVISOR + [AVG_ANISO[n]] if n > 1 else [])):
             batch = 1 + 2 * (i % 2)
-            yield f"avgpool{n}d-{i}-n{batch}", avg_pool(**lift(kwargs)), (r(batch, 2, *lifted(n)),)
+            yield f"avgpool{n}d-{i}-n{batch}", avg_pool(**lift(kwargs)), (r(batch, 2, *shape),)
         for i, size in enumerate(ADAPTIVE_SIZES[n]):
             size = (1, size) if n == 1 else size
             batch = 1 + 2 * (i % 2)
-            x = r(batch, 2, *lifted(n))
-            yield f"adaptive-avgpool{n}d-{i}-n{batch}", getattr(nn, f"AdaptiveAvgPool{nodes}d")(size), (x,)
-            yield f"adaptive-maxpool{n}d-{i}-n{batch}", getattr(nn, f"AdaptiveMaxPool{nodes}d")(size), (x,)
-            yield f"adaptive-maxpool{n}d-{i}-ties", getattr(nn, f"AdaptiveMaxPool{nodes}d")(size), (ties(2, 2, *lifted(n)),)  # fmt: skip
+            x = r(batch, 2, *shape)
+            yield f"adaptive-avgpool{n}d-{i}-n{batch}", adaptive_avg(size), (x,)
+            yield f"adaptive-maxpool{n}d-{i}-n{batch}", adaptive_max(size), (x,)
+            yield f"adaptive-maxpool{n}d-{i}-ties", adaptive_max(size), (ties(2, 2, *shape),)
 
 
 SAMPLES_2D = torch.tensor([[[0.3, 0.7], [0.1, 0.9]]], dtype=torch.float64)

@@ -23,8 +23,9 @@ derivative 1: h_b[o] = sum of h_z[:, o, ...] over batch and space.
 
 Both come from ATen's ``convolution_backward`` (cuDNN / MKLDNN kernels where available), in one
 call when both are wanted: no unfolding, no loops over samples, one generic implementation for
-all dimensions and for transposed convolutions. Zero padding that is larger after than before (``padding='same'`` with an even
-effective kernel) is handled by padding the input with the excess zeros explicitly, as torch does.
+all dimensions and for transposed convolutions. Zero padding that is larger after than before
+(``padding='same'`` with an even effective kernel) is handled by padding the input with the
+excess zeros explicitly, as torch does.
 """
 
 from __future__ import annotations

@@ -52,7 +52,6 @@ PADDING = (
 )
 
 
-
 @register(*PADDING)
 def copying_padding(call: NodeCall):
     """h_x = J^T h_z: the padding's backward formula applied to the diagonal."""
