@@ -30,7 +30,9 @@ excess zeros explicitly, as torch does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +114,10 @@ def conv_diagonals(
     elif pads:  # only the shape matters
         padded = [s + b + a for s, (b, a) in zip(x.shape[2:], excess, strict=True)]
         x = h_out.new_empty(1).expand(*x.shape[:2], *padded)
+    full_weight_shape = weight.shape
+    taps = None if pads else _taps_reading_input(x.shape[2:], h_out.shape[2:], weight, geometry)
+    if taps is not None:  # the same function of x with the kernel cropped to these taps
+        weight, symmetric = weight[(slice(None), slice(None), *taps.kernel)], taps.padding
     if wants_input:
         weight = weight.square()
     h_in, h_weight, _ = torch.ops.aten.convolution_backward(
@@ -119,12 +125,60 @@ def conv_diagonals(
         geometry.transposed, list(geometry.output_padding or (0,) * n), geometry.groups,
         [wants_input, wants_weight, False],
     )  # fmt: skip
+    if taps is not None and h_weight is not None:  # the other taps only ever read zeros
+        cropped, h_weight = h_weight, h_weight.new_zeros(full_weight_shape)
+        h_weight[(slice(None), slice(None), *taps.kernel)] = cropped
     if h_in is not None:
         for dim, (before, after) in enumerate(excess, start=2):
             h_in = h_in.narrow(dim, before, h_in.shape[dim] - before - after)
         if not batched:
             h_in = h_in.squeeze(0)
     return h_in, h_weight
+
+
+class Taps(NamedTuple):
+    kernel: tuple[slice, ...]  # the kernel taps kept, per spatial dimension
+    padding: list[int]  # the (symmetric) padding of the cropped convolution
+
+
+def _taps_reading_input(
+    size_in: Sequence[int], size_out: Sequence[int], weight: Tensor, geometry: ConvGeometry
+) -> Taps | None:
+    """Where padding is as wide as the input is small (e.g. a 3x3 kernel with padding 1 on a
+    1x1 input, as in ResNet's last stage on 32x32 images), some kernel taps read only padding
+    zeros at every output position: their weight diagonal is 0 and they add nothing to the
+    input's. Cropping the kernel to the taps that read the input (and the padding to match)
+    gives the same function of x at a fraction of the cost. Returns None when no tap can be
+    cropped, or the cropped padding would not be symmetric (ATen's convolution needs that)."""
+    if geometry.transposed:
+        return None
+    kernel, padding = [], []
+    for size, out, k_size, s, d, (pad, _) in zip(
+        size_in, size_out, weight.shape[2:], geometry.stride, geometry.dilation,
+        geometry.padding, strict=True,
+    ):  # fmt: skip
+        # tap k reads input entry s p + d k - pad at output position p = 0 .. out - 1
+        reads = [
+            k
+            for k in range(k_size)
+            if _multiple_in(s, max(pad - d * k, 0), min(size - 1 + pad - d * k, s * (out - 1)))
+        ]
+        if not reads:
+            return None
+        first, last = reads[0], reads[-1]
+        before, after = pad - d * first, pad - d * (k_size - 1 - last)
+        if before != after or before < 0:
+            return None
+        kernel.append(slice(first, last + 1))
+        padding.append(before)
+    if all(k.stop - k.start == k_size for k, k_size in zip(kernel, weight.shape[2:], strict=True)):
+        return None
+    return Taps(tuple(kernel), padding)
+
+
+def _multiple_in(step: int, low: int, high: int) -> bool:
+    """Whether some multiple of ``step`` lies in [low, high] (low >= 0)."""
+    return -(-low // step) * step <= high
 
 
 def conv_input(h_out: Tensor, x: Tensor, weight: Tensor, geometry: ConvGeometry) -> Tensor:
