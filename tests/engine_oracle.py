@@ -44,8 +44,15 @@ FUSED_DECOMPOSITIONS = get_decompositions(
 STOPS_GRADIENT = {aten.detach.default}
 
 
+# Kernels make_fx records when no input requires grad, and their differentiable twins.
+DIFFERENTIABLE_TWINS = {aten._embedding_bag_forward_only.default: aten._embedding_bag.default}
+
+
 def _out_of_place(target):
-    """aten.add_.Tensor -> aten.add.Tensor: the oracle evaluates values, not mutations."""
+    """aten.add_.Tensor -> aten.add.Tensor: the oracle evaluates values, not mutations (and
+    a forward-only kernel becomes its differentiable twin)."""
+    if target in DIFFERENTIABLE_TWINS:
+        return DIFFERENTIABLE_TWINS[target]
     if isinstance(target, torch._ops.OpOverload) and target._schema.name.endswith("_"):
         packet = getattr(aten, target._schema.name.split("::")[1][:-1])
         return getattr(packet, target._overloadname)
