@@ -185,6 +185,66 @@ def test_network_matches_oracle(name, batch):
     check_graph(*module_loss(model), x, labels(batch))
 
 
+def circular_pad(x, pad):
+    """Circular padding (F.pad's order of dims) as a concatenation of slices."""
+    for i in range(len(pad) // 2):
+        dim, before, after = x.dim() - 1 - i, pad[2 * i], pad[2 * i + 1]
+        size = x.shape[dim]
+        x = torch.cat([x.narrow(dim, size - before, before), x, x.narrow(dim, 0, after)], dim)
+    return x
+
+
+def circular_cnn(p, x, y, pad=lambda t, padding: F.pad(t, padding, mode="circular")):
+    h = torch.tanh(F.conv2d(pad(x, (1, 1, 2, 0)), p["w0"], p["b0"]))
+    out = F.conv1d(pad(h.flatten(2), (2, 1)), p["w1"]).mean(2)
+    return F.cross_entropy(out, y), (out,)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_circular_padding_matches_oracle(batch):
+    """torch pads circularly by copying slices into an empty tensor (CopySlices nodes), which
+    the oracle's trace cannot evaluate; it evaluates the same function with the padding as a
+    concatenation of the slices: each output entry one copied input entry either way (a 0/1
+    Jacobian, which composes to the same one)."""
+    torch.manual_seed(batch)
+    params = {"w0": torch.randn(3, 2, 3, 2), "b0": torch.randn(3), "w1": torch.randn(3, 3, 4)}
+    x, y = torch.randn(batch, 2, 3, 4), labels(batch)
+    assert "torch::autograd::CopySlices" in node_names(
+        lambda: circular_cnn({n: p.requires_grad_() for n, p in params.items()}, x, y)[0]
+    )
+    leaves = {n: p.detach().clone().requires_grad_() for n, p in params.items()}
+    hesscale.backward(circular_cnn(leaves, x, y)[0], gn="both")
+    names = list(params)
+
+    def fn(*tensors):
+        loss, outputs = circular_cnn(dict(zip(names, tensors, strict=True)), x, y, circular_pad)
+        return (loss, *outputs)
+
+    oracle = GraphOracle(fn, [params[n].detach() for n in names])
+    for variant in ("hesscale", "hesscale_gn"):
+        expected, gradients = oracle.diagonals(gn=variant == "hesscale_gn")
+        for name, h, grad in zip(names, expected, gradients, strict=True):
+            assert_close(leaves[name].grad, grad)
+            assert_close(getattr(leaves[name], variant), h)
+
+
+def slice_assignment(p, x, y):
+    """Copies into slices of a tensor (x[...] = y, broadcast and from another dtype)."""
+    h = torch.tanh(F.linear(x, p["w0"]))
+    out = torch.zeros(x.shape[0], 5)
+    out[:, 1:4] = h
+    out[:, 0] = h[:, 1:2].float().sum(1)
+    out[:, 3:] = torch.sigmoid(p["b0"])  # overwrites one entry written before
+    return F.cross_entropy(out, y), (out,)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_slice_assignment_matches_oracle(batch):
+    torch.manual_seed(batch)
+    check_graph(slice_assignment, {"w0": torch.randn(3, 4), "b0": torch.randn(2)},
+                torch.randn(batch, 4), torch.randint(0, 5, (batch,)), rtol=1e-6)  # fmt: skip
+
+
 def test_resnet_blocks_record_what_resnet18_records():
     """The small residual network exercises every node torchvision's ResNet-18 records."""
     small = node_names(lambda: SmallResNet()(torch.randn(2, 3, 6, 6)).sum())

@@ -67,3 +67,9 @@ def output_shape(node: Node, index: int) -> tuple[int, ...]:
 def output_count(node: Node) -> int:
     """How many forward outputs ``node`` has (the gradients its backward formula takes)."""
     return len(node._input_metadata)
+
+
+def wrapped_node(node: Node) -> Node | None:
+    """The node a ``CopySlices`` node wraps: the in-place operation applied to a view of its
+    base (e.g. ``CopyBackwards`` for ``base[...] = src``); None for other nodes."""
+    return getattr(node, "_wrapped_node", None)

@@ -1,11 +1,14 @@
 """Convolutions of any dimension, transposed or not (formulas: rules.conv), and the padding
-modes other than zeros, which torch records as separate nodes before the convolution."""
+modes other than zeros, which torch records as separate nodes before the convolution
+(reflection and replication padding as their own nodes, circular padding as copies into
+slices)."""
 
 from __future__ import annotations
 
 from hesscale.engine.call import NodeCall
 from hesscale.engine.ops.shape import zero_one_jacobian
 from hesscale.engine.registry import register
+from hesscale.internals import wrapped_node
 from hesscale.rules import conv
 from hesscale.rules.conv import ConvGeometry
 
@@ -55,4 +58,23 @@ PADDING = (
 @register(*PADDING)
 def copying_padding(call: NodeCall):
     """h_x = J^T h_z: the padding's backward formula applied to the diagonal."""
+    return zero_one_jacobian(call)
+
+
+def _copy_into_view(node) -> str | None:
+    inner = wrapped_node(node)
+    if inner is not None and inner.name() == "torch::autograd::CopyBackwards":
+        return None
+    what = "an operation" if inner is None else inner.name()
+    return (
+        f"in-place {what} on a view (slice) of a tensor; assigning into a slice "
+        "(x[...] = y) is supported, in-place arithmetic on one is not: compute it out of place"
+    )
+
+
+@register("torch::autograd::CopySlices", check=_copy_into_view)
+def copy_into_view(call: NodeCall):
+    """base[view] = src (slice assignment, and circular padding, which torch builds from
+    copies of slices): each output entry is one entry of base or of src, a 0/1 Jacobian, so
+    h = J^T h_z as for the other copies."""
     return zero_one_jacobian(call)
