@@ -51,6 +51,14 @@ def randomise_batch_norms(model: nn.Module) -> nn.Module:
     return model
 
 
+def no_running_stats(model: nn.Module) -> nn.Module:
+    """BatchNorm layers with track_running_stats=False."""
+    for name, m in model.named_children():
+        if isinstance(m, nn.BatchNorm2d):
+            setattr(model, name, nn.BatchNorm2d(m.num_features, track_running_stats=False))
+    return model
+
+
 def small_cnn():
     return nn.Sequential(
         nn.Conv2d(2, 3, 3, padding=1),
@@ -161,6 +169,10 @@ def labels(n):
 NETWORKS = {
     "cnn-batchnorm-train": (lambda: small_cnn().train(), (2, 6, 6)),
     "cnn-batchnorm-eval": (lambda: randomise_batch_norms(small_cnn()).eval(), (2, 6, 6)),
+    "cnn-batchnorm-no-running-stats-eval": (  # eval mode, yet batch statistics
+        lambda: no_running_stats(small_cnn()).eval(),
+        (2, 6, 6),
+    ),
     "resnet-blocks-train": (lambda: SmallResNet().train(), (3, 6, 6)),
     "resnet-blocks-eval": (lambda: randomise_batch_norms(SmallResNet()).eval(), (3, 6, 6)),
     "cnn-groupnorm": (group_norm_cnn, (2, 4, 4)),

@@ -150,8 +150,8 @@ def _taps_reading_input(
     input's. Cropping the kernel to the taps that read the input (and the padding to match)
     gives the same function of x at a fraction of the cost. Returns None when no tap can be
     cropped, or the cropped padding would not be symmetric (ATen's convolution needs that)."""
-    if geometry.transposed:
-        return None
+    if geometry.transposed or not any(pad for pad, _ in geometry.padding):
+        return None  # without padding every tap reads the input somewhere
     kernel, padding = [], []
     for size, out, k_size, s, d, (pad, _) in zip(
         size_in, size_out, weight.shape[2:], geometry.stride, geometry.dilation,
