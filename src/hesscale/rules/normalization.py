@@ -1,5 +1,11 @@
-"""Batch normalisation in evaluation mode, an affine map per channel (dim 1):
-z = gamma * x_hat + beta with x_hat = (x - running_mean) / sqrt(running_var + eps)."""
+"""Normalisation layers.
+
+- Batch normalisation in evaluation mode, an affine map per channel (dim 1):
+  z = gamma * x_hat + beta with x_hat = (x - running_mean) / sqrt(running_var + eps).
+- Standardisation with the statistics of the entries themselves (BatchNorm in train mode,
+  LayerNorm, GroupNorm, InstanceNorm), one operation whose full Jacobian couples the entries
+  of each group: ``standardisation_input``, in closed form, O(n) per group of n entries.
+"""
 
 from __future__ import annotations
 
