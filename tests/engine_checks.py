@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from hesscale.engine.backward import node_diagonals
+from hesscale.internals import output_count
 from tests.engine_oracle import op_definition
 from tests.oracle import assert_close
 
@@ -46,8 +47,9 @@ def check_op(
     generator = torch.Generator().manual_seed(seed)
     h_outs = [torch.randn(o.shape, generator=generator, dtype=o.dtype) for o in outs]
     g_outs = [torch.randn(o.shape, generator=generator, dtype=o.dtype) for o in outs]
+    unused = [None] * (output_count(node) - len(outs))  # outputs fn does not return
     for second_order in (True, False):
-        got = node_diagonals(node, h_outs, g_outs, second_order=second_order)
+        got = node_diagonals(node, h_outs + unused, g_outs + unused, second_order=second_order)
         position = {id(x): j for j, x in enumerate(xs)}
         for (child, _), h in zip(node.next_functions, got, strict=True):
             if child is None:

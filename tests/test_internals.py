@@ -70,6 +70,24 @@ def test_output_shape_of_a_node():
     assert internals.output_shape(child, nr) == (4,)
 
 
+def test_output_count_of_a_node():
+    x = torch.randn(2, 4, 3, requires_grad=True)
+    assert internals.output_count((x * 2).grad_fn) == 1
+    assert internals.output_count(torch.nn.functional.group_norm(x, 2).grad_fn) == 3  # mean, rstd
+
+
+def test_wrapped_node_of_copy_slices():
+    x = torch.randn(3, 4, requires_grad=True)
+    y = x * 1
+    y[:, 1:3] = x[:, :2]  # a copy into a view of y
+    assert y.grad_fn.name() == "torch::autograd::CopySlices"
+    assert internals.wrapped_node(y.grad_fn).name() == "torch::autograd::CopyBackwards"
+    z = x * 1
+    z[:, 0].mul_(2)
+    assert internals.wrapped_node(z.grad_fn).name() == "MulBackward0"
+    assert internals.wrapped_node((x * 2).grad_fn) is None
+
+
 def test_forward_traceback_under_anomaly_mode():
     x = torch.randn(3, requires_grad=True)
     assert internals.forward_traceback((x * 2).grad_fn) is None

@@ -179,3 +179,8 @@ def adaptive_avg_pool_backward(grad: Tensor, x: Tensor, spatial_dims: int) -> Te
         3: torch.ops.aten._adaptive_avg_pool3d_backward,
     }[spatial_dims]
     return kernel(grad, x)
+
+
+def output_count(node: Node) -> int:
+    """How many forward outputs ``node`` has (the gradients its backward formula takes)."""
+    return len(node._input_metadata)
