@@ -6,10 +6,12 @@ Each rule reads what its node saved, and calls the formulas in ``hesscale.rules`
 from hesscale.engine.ops import (  # noqa: F401
     activations,
     arithmetic,
+    attention,
     functions,
     inplace,
     linear_algebra,
     losses,
+    recurrent,
     reductions,
     shape,
 )
