@@ -57,8 +57,9 @@ def scaled_dot_product_attention(call: NodeCall):
         return (None,) * len(call.grad_in)
     lse_name, mask_name = FUSED_ATTENTION[call.node.name()]
     query, key, value = call.saved("query"), call.saved("key"), call.saved("value")
-    # at least float32 (half-precision kernels keep their log-sum-exp in float32)
-    dtype = torch.promote_types(query.dtype, torch.float32)
+    # computed in at least float32 (half-precision kernels keep their log-sum-exp in float32),
+    # returned in the inputs' dtype
+    dtype, result_dtype = torch.promote_types(query.dtype, torch.float32), query.dtype
     query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     heads, length = query.shape[-3], query.shape[-2]
     logsumexp = call.saved(lse_name).to(dtype)
@@ -76,7 +77,7 @@ def scaled_dot_product_attention(call: NodeCall):
         bool(call.saved("is_causal")),
     )
     needs = tuple(call.needs(i) for i in range(len(call.grad_in))) + (False,)
-    return attention.attention_diagonals(
+    diagonals = attention.attention_diagonals(
         query,
         key,
         value,
@@ -85,7 +86,8 @@ def scaled_dot_product_attention(call: NodeCall):
         None if h is None else h.to(dtype),
         None if g is None else g.to(dtype),
         needs[:4],
-    )[: len(call.grad_in)]
+    )
+    return tuple(None if d is None else d.to(result_dtype) for d in diagonals[: len(call.grad_in)])
 
 
 @register("SafeSoftmaxBackward0")

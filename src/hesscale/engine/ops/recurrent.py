@@ -37,7 +37,7 @@ def mkldnn_lstm_layer(call: NodeCall):
     if all(h is None for h in h_outs) and (g_outs is None or all(g is None for g in g_outs)):
         return (None,) * len(call.grad_in)
     x = call.saved("input")
-    # at least float32 (bfloat16 layers)
+    # computed in at least float32 (bfloat16 layers), returned in the layer's dtype
     dtype = torch.promote_types(x.dtype, torch.float32)
     has_biases = bool(call.saved("has_biases"))
 
@@ -58,7 +58,9 @@ def mkldnn_lstm_layer(call: NodeCall):
         g_outs,
         reverse=bool(call.saved("reverse")),
     )
-    return tuple(d if call.needs(i) else None for i, d in enumerate(diagonals))
+    return tuple(
+        d.to(x.dtype) if d is not None and call.needs(i) else None for i, d in enumerate(diagonals)
+    )
 
 
 @register("PackPaddedSequenceBackward0")
