@@ -52,74 +52,16 @@ def lstm_layer_diagonals(
     ``g_outs`` are the diagonals / gradients w.r.t. (output sequence, last h, last c), None for
     zero; ``g_outs=None`` drops every curvature term (HesScaleGN). D_b_* are None without a bias.
     """
-    second_order = g_outs is not None
-    steps, batch, hidden = output.shape
     if reverse:
         x, output = x.flip(0), output.flip(0)
+        h_outs = (None if h_outs[0] is None else h_outs[0].flip(0), *h_outs[1:])
+        if g_outs is not None:
+            g_outs = (None if g_outs[0] is None else g_outs[0].flip(0), *g_outs[1:])
     h_prev = torch.cat([h0.unsqueeze(0), output[:-1]])
-    gates = torch.matmul(x, w_ih.t()).add_(torch.matmul(h_prev, w_hh.t()))
-    if b_ih is not None:
-        gates += b_ih + b_hh
-    gates = gates.view(steps, batch, 4, hidden)
+    coefficients = _step_coefficients(x, h_prev, c0, w_ih, w_hh, b_ih, b_hh, g_outs is not None)
+    d_gates, d_h0, d_c0 = _backward_in_time(coefficients, w_hh, output, h_outs, g_outs)
 
-    # activations and their derivatives: sigmoid for i, f, o; tanh for g
-    act = torch.sigmoid(gates)
-    act[:, :, 2] = torch.tanh(gates[:, :, 2])
-    first = act * (1 - act)
-    first[:, :, 2] = 1 - act[:, :, 2].square()
-    i, f, g, o = act.unbind(2)
-    cell = torch.empty_like(output)
-    c = c0
-    for t in range(steps):
-        c = torch.addcmul(f[t] * c, i[t], g[t], out=cell[t])
-    tanh_c = torch.tanh(cell)
-    c_prev = torch.cat([c0.unsqueeze(0), cell[:-1]])
-    # each gate's activation is multiplied by: i by g, f by c_{t-1}, g by i, o by tanh(c_t)
-    factor = torch.stack([g, c_prev, i, tanh_c], 2)
-    slope = first * factor  # d (product) / d (gate pre-activation)
-    gain = slope.square()
-    dtanh = 1 - tanh_c.square()
-    cell_gain = (dtanh * o).square()  # from h_t = o tanh(c_t) to c_t
-    if second_order:
-        second = first * (1 - 2 * act)
-        second[:, :, 2] = -2 * act[:, :, 2] * first[:, :, 2]
-        curvature = second * factor
-        cell_slope = dtanh * o
-        cell_curvature = -2 * tanh_c * cell_slope
-
-    h_seq, h_last, c_last = h_outs
-    h_seq = _or_zeros(h_seq, output.shape, output)
-    if reverse:
-        h_seq = h_seq.flip(0)
-    d_h = _or_zeros(h_last, h0.shape, output)  # what h_t receives from after step t
-    d_c = _or_zeros(c_last, c0.shape, output)
-    if second_order:
-        g_seq, g_last, gc_last = g_outs
-        g_seq = _or_zeros(g_seq, output.shape, output)
-        if reverse:
-            g_seq = g_seq.flip(0)
-        gr_h = _or_zeros(g_last, h0.shape, output)
-        gr_c = _or_zeros(gc_last, c0.shape, output)
-    w_hh2 = w_hh.square()
-    d_gates = torch.empty_like(gates)
-    for t in range(steps - 1, -1, -1):
-        d_h = d_h + h_seq[t]
-        d_c = torch.addcmul(d_c, cell_gain[t], d_h)
-        if second_order:
-            gr_h = gr_h + g_seq[t]
-            d_c.addcmul_(cell_curvature[t], gr_h)
-            gr_c = torch.addcmul(gr_c, cell_slope[t], gr_h)
-        d_up = torch.stack([d_c, d_c, d_c, d_h], 1)
-        d_a = torch.mul(gain[t], d_up, out=d_gates[t])
-        if second_order:
-            gr_up = torch.stack([gr_c, gr_c, gr_c, gr_h], 1)
-            d_a.addcmul_(curvature[t], gr_up)
-            gr_a = slope[t] * gr_up
-            gr_h = gr_a.view(batch, -1) @ w_hh
-            gr_c = gr_c * f[t]
-        d_h = d_a.view(batch, -1) @ w_hh2
-        d_c = d_c * f[t].square()
-
+    steps, batch, hidden = output.shape
     d_gates = d_gates.view(steps, batch, 4 * hidden)
     d_x = torch.matmul(d_gates, w_ih.square())
     if reverse:
@@ -128,4 +70,91 @@ def lstm_layer_diagonals(
     d_w_ih = flat @ x.reshape(-1, x.shape[-1]).square()
     d_w_hh = flat @ h_prev.view(-1, hidden).square()
     d_b = None if b_ih is None else d_gates.sum((0, 1))
-    return d_x, d_w_ih, d_w_hh, d_b, d_b, d_h, d_c
+    return d_x, d_w_ih, d_w_hh, d_b, d_b, d_h0, d_c0
+
+
+def _step_coefficients(x, h_prev, c0, w_ih, w_hh, b_ih, b_hh, second_order: bool) -> dict:
+    """Recompute the gates and cell states, and the per-step factors of the recursion.
+
+    With u the factor each gate activation multiplies (i by g, f by c_{t-1}, g by i, o by
+    tanh(c_t)) and s the activation (sigmoid; tanh for g):
+
+    - ``gain``: (s' u)^2 and, for the gradient, s' u, stacked (T, rows, N, 4, H);
+    - ``curvature``: s'' u (the gates' own curvature, times the gradient);
+    - ``cell_gain``: (tanh'(c) o)^2 and tanh'(c) o; ``cell_curvature``: tanh''(c) o;
+    - ``forget``: f^2 and f (from c_t back to c_{t-1}).
+    """
+    steps, batch, hidden = h_prev.shape
+    rows = 2 if second_order else 1
+    gates = torch.matmul(x, w_ih.t()).add_(torch.matmul(h_prev, w_hh.t()))
+    if b_ih is not None:
+        gates += b_ih + b_hh
+    act = gates.view(steps, batch, 4, hidden)  # activations, in place
+    g = torch.tanh(act[:, :, 2])
+    act.sigmoid_()
+    act[:, :, 2] = g
+    i, f, g, o = act.unbind(2)
+    cell = torch.empty_like(h_prev)
+    c = c0
+    input_part = i * g
+    for t in range(steps):  # c_t = f_t c_{t-1} + i_t g_t
+        c = torch.addcmul(input_part[t], f[t], c, out=cell[t])
+    del input_part
+    tanh_c = torch.tanh(cell)
+    factor = torch.stack([g, torch.cat([c0.unsqueeze(0), cell[:-1]]), i, tanh_c], 2)
+    del cell
+    first = act * (1 - act)  # s'
+    first[:, :, 2] = 1 - g.square()
+    out = {"rows": rows}
+    if second_order:
+        second = first * (1 - 2 * act)  # s''
+        second[:, :, 2] = -2 * g * first[:, :, 2]
+        out["curvature"] = second.mul_(factor).unbind(0)
+    gain = act.new_empty(steps, rows, batch, 4, hidden)
+    slope = torch.mul(first, factor, out=gain[:, rows - 1])
+    del first, factor
+    cell_slope = (1 - tanh_c.square()).mul_(o)
+    if second_order:
+        torch.square(slope, out=gain[:, 0])
+        out["cell_gain"] = torch.stack([cell_slope.square(), cell_slope], 1).unbind(0)
+        out["cell_curvature"] = (-2 * tanh_c * cell_slope).unbind(0)
+        out["forget"] = torch.stack([f.square(), f], 1).unbind(0)
+    else:
+        slope.square_()
+        out["cell_gain"] = cell_slope.square_().unsqueeze(1).unbind(0)
+        out["forget"] = f.square().unsqueeze(1).unbind(0)
+    out["gain"] = gain.unbind(0)
+    return out
+
+
+def _backward_in_time(coefficients: dict, w_hh, output, h_outs, g_outs):
+    """The recursion from t = T down to 1 on stacked states: row 0 the diagonal, row 1
+    (HesScale only) the gradient, which the curvature terms need. Per step: what h_t and c_t
+    receive, then the gates' pre-activations, then what h_{t-1} (through W_hh, with its own
+    output entry) and c_{t-1} (through f) receive. Returns (D_a, D_h0, D_c0)."""
+    rows = coefficients["rows"]
+    second_order = rows == 2
+    steps, batch, hidden = output.shape
+    outs = [h_outs, g_outs] if second_order else [h_outs]
+    sequence = torch.stack([_or_zeros(o[0], output.shape, output) for o in outs], 1).unbind(0)
+    into_h = torch.stack([_or_zeros(o[1], (batch, hidden), output) for o in outs])
+    into_c = torch.stack([_or_zeros(o[2], (batch, hidden), output) for o in outs])
+    weight = torch.stack([w_hh.square(), w_hh]) if second_order else w_hh.square().unsqueeze(0)
+    gain, cell_gain, forget = (coefficients[k] for k in ("gain", "cell_gain", "forget"))
+    pre = output.new_empty(rows, steps, batch, 4, hidden)  # what the pre-activations receive
+    pre_steps = pre.unbind(1)
+    state_h = into_h + sequence[-1]  # what h_t receives in all
+    for t in range(steps - 1, -1, -1):
+        state_c = torch.addcmul(into_c, cell_gain[t], state_h)
+        if second_order:  # tanh(c_t)'s curvature
+            state_c[0].addcmul_(coefficients["cell_curvature"][t], state_h[1])
+        into_gates = torch.stack([state_c, state_c, state_c, state_h], 2)
+        pre_t = torch.mul(gain[t], into_gates, out=pre_steps[t])
+        if second_order:  # the gates' curvature
+            pre_t[0].addcmul_(coefficients["curvature"][t], into_gates[1])
+        if t > 0:
+            state_h = torch.baddbmm(sequence[t - 1], pre_t.view(rows, batch, -1), weight)
+        else:
+            state_h = torch.bmm(pre_t.view(rows, batch, -1), weight)
+        into_c = state_c * forget[t]
+    return pre[0], state_h[0], into_c[0]
