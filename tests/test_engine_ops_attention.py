@@ -205,3 +205,37 @@ def test_saved_names_the_rule_reads():
     assert saved_value(node, "scale") == 0.5
     assert saved_value(node, "is_causal") is False
     assert saved_value(node, "dropout_p") == 0.0
+
+
+# torch's math path: the primitive operations it records instead of a fused node -------------
+
+MATH_PATH = {
+    # id: (shapes of q, k, v, additive mask or None, whether the mask is learned)
+    "learned-mask": ((2, 2, 3, 4), (2, 2, 5, 4), (2, 2, 5, 4), (2, 1, 3, 5)),
+    "value-dim": ((2, 2, 3, 4), (2, 2, 5, 4), (2, 2, 5, 3), None),
+    "5d": ((2, 2, 2, 3, 4), (2, 2, 2, 5, 4), (2, 2, 2, 5, 4), None),
+}
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("case", MATH_PATH)
+def test_math_path_matches_oracle(case):
+    """A mask that requires grad, a value head size different from the query's, or more than
+    four dimensions make torch decompose attention itself (bmm, _safe_softmax, add, ...)."""
+    from tests.engine_checks import check_graph, node_names
+
+    torch.manual_seed(0)
+    q_shape, k_shape, v_shape, mask_shape = MATH_PATH[case]
+    params = {"q": r(*q_shape), "k": r(*k_shape), "v": r(*v_shape)}
+    if mask_shape is not None:
+        params["mask"] = r(*mask_shape)
+    target = r(*q_shape[:-1], v_shape[-1])
+
+    def loss_fn(p, target):
+        out = F.scaled_dot_product_attention(p["q"], p["k"], p["v"], attn_mask=p.get("mask"))
+        return ((out - target) ** 2).sum(), (out,)
+
+    leaves_ = {n: t.clone().requires_grad_() for n, t in params.items()}
+    names = node_names(lambda: loss_fn(leaves_, target)[0])
+    assert "SafeSoftmaxBackward0" in names and FUSED_CPU not in names
+    check_graph(loss_fn, params, target, name_output=True)

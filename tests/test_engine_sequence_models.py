@@ -225,18 +225,23 @@ LSTM32_CASES = [
     {},
     {"bidirectional": True},
     {"batch_first": False},
+    {"eval": True},
 ]
 
 
-@pytest.mark.parametrize("options", LSTM32_CASES, ids=["plain", "bidirectional", "time-first"])
+@pytest.mark.parametrize(
+    "options", LSTM32_CASES, ids=["plain", "bidirectional", "time-first", "eval-mode"]
+)
 def test_float32_lstm_lm_fused_kernel(options):
     """In float32 nn.LSTM records oneDNN's fused layer (one per layer and direction); its rule
     agrees with the float64 definition to float32 precision (1e-4 relative)."""
     torch.manual_seed(0)
     options = dict(options)
     batch_first = options.pop("batch_first", True)
+    evaluating = options.pop("eval", False)
     model = RecurrentLM("lstm", VOCAB, 3, 3, layers=2, batch_first=batch_first, one_hot=True,
                         **options)  # fmt: skip
+    model.train(not evaluating)
     shape = (2, 5) if batch_first else (5, 2)
     inputs, targets = tokens(*shape), tokens(*shape)
     names = node_names(lambda: lm_loss(model.float()(inputs), targets))
