@@ -7,10 +7,10 @@ python benchmarks/sequence_models.py --models gpt-lite lstm-lite --repeats 50 --
 
 Time: the median over rounds; in each round every method runs one step (zero_grad, forward,
 loss, backward), in an order that rotates from round to round. Memory: one more step per method
-under torch.profiler's memory events (hesscale.experiments.cost.peak_step_bytes), plus the bytes
-resident before it (parameters and batch). Models: ``gpt`` / ``lstm`` use nn.Embedding (and
-nn.LayerNorm); ``*-lite`` use a one-hot matmul embedding and no LayerNorm, for trees where
-those rules are missing.
+under torch.profiler's memory events (hesscale.experiments.cost.measure.peak_step_bytes), plus
+the bytes resident before it (parameters and batch). Models: ``gpt`` / ``lstm`` use
+nn.Embedding (and nn.LayerNorm); ``*-lite`` use a one-hot matmul embedding and no LayerNorm,
+for trees where those rules are missing.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for tests.sequence_models
 
 import hesscale  # noqa: E402
-from hesscale.experiments.cost import Step, peak_step_bytes  # noqa: E402
+from hesscale.experiments.cost.measure import peak_step_bytes  # noqa: E402
+from hesscale.experiments.cost.methods import Step  # noqa: E402
 from tests.sequence_models import GPT, RecurrentLM, lm_loss  # noqa: E402
 
 VOCAB, STEPS, BATCH, DIM = 512, 64, 4, 128

@@ -50,18 +50,24 @@ def attention_probabilities(
     ``is_causal`` masks key j > query i (the causal mask aligned to the top left, as
     torch.nn.functional.scaled_dot_product_attention); a boolean ``mask`` keeps True entries.
     """
-    scores = torch.matmul(query, key.transpose(-2, -1)).mul_(scale)
+    length, keys = query.shape[-2], key.shape[-2]
+    logsumexp = torch.where(torch.isneginf(logsumexp), 0.0, logsumexp)  # fully masked rows
+    # s q k^T - lse in one batched product
+    scores = torch.baddbmm(
+        logsumexp.reshape(-1, length, 1).neg(),
+        query.reshape(-1, length, query.shape[-1]),
+        key.reshape(-1, keys, key.shape[-1]).transpose(1, 2),
+        alpha=scale,
+    ).view(*query.shape[:-1], keys)
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill_(~mask, -math.inf)
         else:
             scores = scores.add_(mask)
     if is_causal:
-        length, keys = scores.shape[-2:]
         above = torch.ones(length, keys, dtype=torch.bool, device=scores.device).triu_(1)
         scores = scores.masked_fill_(above, -math.inf)
-    logsumexp = torch.where(torch.isneginf(logsumexp), 0.0, logsumexp)  # fully masked rows
-    return scores.sub_(logsumexp.unsqueeze(-1)).exp_()
+    return scores.exp_()
 
 
 def repeat_heads(t: Tensor, heads: int) -> Tensor:
@@ -96,19 +102,30 @@ def attention_diagonals(
     key, value = repeat_heads(key, heads), repeat_heads(value, heads)
     if h_out is None:
         h_out = torch.zeros_like(g_out)
-    v2 = value.square()
+    # batched 3-D products: transposes stay views
+    shape = probs.shape
+    p3 = probs.reshape(-1, *shape[-2:])
+    h3 = h_out.reshape(-1, *h_out.shape[-2:])
+    v3 = value.reshape(-1, *value.shape[-2:])
     h_value = None
     if needs[2]:
-        h_value = sum_head_groups(probs.square().transpose(-2, -1) @ h_out, kv_heads)
+        h_value = torch.bmm(p3.square().transpose(1, 2), h3).view(value.shape)
+        h_value = sum_head_groups(h_value, kv_heads)
     if not (needs[0] or needs[1] or needs[3]):
         return None, None, h_value, None
-    h_probs = h_out @ v2.transpose(-2, -1)
-    g_probs = None if g_out is None else g_out @ value.transpose(-2, -1)
+    h_probs = torch.bmm(h3, v3.square().transpose(1, 2)).view(shape)
+    g_probs = None
+    if g_out is not None:
+        g3 = g_out.reshape(-1, *g_out.shape[-2:])
+        g_probs = torch.bmm(g3, v3.transpose(1, 2)).view(shape)
     h_scores = softmax_input(probs, h_probs, g_probs, -1)
+    s3 = h_scores.reshape(-1, *shape[-2:])
     h_query = h_key = None
     if needs[0]:
-        h_query = (h_scores @ key.square()).mul_(scale * scale)
+        k2 = key.reshape(-1, *key.shape[-2:]).square().mul_(scale * scale)
+        h_query = torch.bmm(s3, k2).view(query.shape)
     if needs[1]:
-        h_key = (h_scores.transpose(-2, -1) @ query.square()).mul_(scale * scale)
+        q2 = query.reshape(-1, *query.shape[-2:]).square().mul_(scale * scale)
+        h_key = torch.bmm(s3.transpose(1, 2), q2).view(key.shape)
         h_key = sum_head_groups(h_key, kv_heads)
     return h_query, h_key, h_value, h_scores if needs[3] else None
