@@ -403,6 +403,7 @@ def test_bfloat16_models_follow_float32(model_name):
         )
 
 
+@pytest.mark.slow
 def test_sequence_benchmark_runs():
     """benchmarks/sequence_models.py still runs (one round; nothing timed is asserted)."""
     from benchmarks.sequence_models import measure
