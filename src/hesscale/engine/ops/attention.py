@@ -11,13 +11,12 @@ shapes), it records the primitive operations, among them ``SafeSoftmaxBackward0`
 
 from __future__ import annotations
 
-import torch
-
 from hesscale.engine.call import NodeCall
 from hesscale.engine.ops.activations import softmax_
 from hesscale.engine.registry import register
 from hesscale.internals import saved_value
 from hesscale.rules import attention
+from hesscale.rules.precision import working_dtype
 
 # node name -> (saved name of the log-sum-exp, saved name of the additive mask or None)
 FUSED_ATTENTION = {
@@ -57,12 +56,12 @@ def scaled_dot_product_attention(call: NodeCall):
         return (None,) * len(call.grad_in)
     lse_name, mask_name = FUSED_ATTENTION[call.node.name()]
     query, key, value = call.saved("query"), call.saved("key"), call.saved("value")
-    # computed in at least float32 (half-precision kernels keep their log-sum-exp in float32),
-    # returned in the inputs' dtype
-    dtype, result_dtype = torch.promote_types(query.dtype, torch.float32), query.dtype
-    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    logsumexp = call.saved(lse_name)
+    # rules.precision's policy: the operands' common dtype, float16 as float32 (half-precision
+    # kernels keep their log-sum-exp in float32, so those compute in float32)
+    dtype = working_dtype(query.dtype, logsumexp.dtype, *(t.dtype for t in (h, g) if t is not None))
+    query, key, value, logsumexp = (t.to(dtype) for t in (query, key, value, logsumexp))
     heads, length = query.shape[-3], query.shape[-2]
-    logsumexp = call.saved(lse_name).to(dtype)
     if logsumexp.dim() == query.dim():  # cuDNN keeps a trailing 1
         logsumexp = logsumexp.squeeze(-1)
     logsumexp = logsumexp[..., :length]  # the memory-efficient kernel pads the queries
@@ -87,7 +86,7 @@ def scaled_dot_product_attention(call: NodeCall):
         None if g is None else g.to(dtype),
         needs[:4],
     )
-    return tuple(None if d is None else d.to(result_dtype) for d in diagonals[: len(call.grad_in)])
+    return diagonals[: len(call.grad_in)]
 
 
 @register("SafeSoftmaxBackward0")

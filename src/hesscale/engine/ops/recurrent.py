@@ -9,13 +9,12 @@ modules) records primitive operations (addmm, sigmoid, tanh, mul, unsafe_split, 
 
 from __future__ import annotations
 
-import torch
-
 from hesscale.engine.call import NodeCall
 from hesscale.engine.ops.shape import zero_one_jacobian
 from hesscale.engine.registry import register
 from hesscale.internals import saved_value
 from hesscale.rules import recurrent
+from hesscale.rules.precision import working_dtype
 
 MKLDNN_LSTM_MODE = 2  # oneDNN's mode numbers: 0 RNN_RELU, 1 RNN_TANH, 2 LSTM, 3 GRU
 
@@ -37,8 +36,8 @@ def mkldnn_lstm_layer(call: NodeCall):
     if all(h is None for h in h_outs) and (g_outs is None or all(g is None for g in g_outs)):
         return (None,) * len(call.grad_in)
     x = call.saved("input")
-    # computed in at least float32 (bfloat16 layers), returned in the layer's dtype
-    dtype = torch.promote_types(x.dtype, torch.float32)
+    # rules.precision's policy: the operands' common dtype, float16 as float32
+    dtype = working_dtype(x.dtype, *(t.dtype for t in (*h_outs, *(g_outs or ())) if t is not None))
     has_biases = bool(call.saved("has_biases"))
 
     def saved(name):
@@ -58,9 +57,7 @@ def mkldnn_lstm_layer(call: NodeCall):
         g_outs,
         reverse=bool(call.saved("reverse")),
     )
-    return tuple(
-        d.to(x.dtype) if d is not None and call.needs(i) else None for i, d in enumerate(diagonals)
-    )
+    return tuple(d if call.needs(i) else None for i, d in enumerate(diagonals))
 
 
 @register("PackPaddedSequenceBackward0")
