@@ -158,11 +158,11 @@ def _continues(leaf: Tensor, variant: str) -> bool:
 
 def _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order: bool) -> list:
     """Run ``rule`` on one node: one diagonal per input, in the input's shape (None: zero, or
-    no diagonal needed)."""
+    no diagonal needed). Grad mode is off, as it is in autograd's backward pass (without
+    create_graph), where the hooks run."""
     call = NodeCall(node, h_out, grad_outputs, grad_inputs, second_order)
     try:
-        with torch.no_grad():
-            h_in = rule(call)
+        h_in = rule(call)
     except torch.utils.checkpoint.CheckpointError as error:
         raise HesScaleError(
             f"{node.name()} saved its tensors under activation checkpointing "
@@ -194,11 +194,14 @@ def node_diagonals(
     entry = RULES.get(node.name())
     if entry is None:
         raise HesScaleError(f"No HesScale rule for the autograd node {node.name()}.")
-    grad_inputs = [  # as autograd's engine passes them: summed to each input's shape
-        None if grad is None or child is None else grad.sum_to_size(output_shape(child, nr))
-        for grad, (child, nr) in zip(apply_backward(node, *g_out), node.next_functions, strict=True)
-    ]
-    return _apply(entry.rule, node, tuple(h_out), tuple(g_out), grad_inputs, second_order)
+    with torch.no_grad():
+        grad_inputs = [  # as autograd's engine passes them: summed to each input's shape
+            None if grad is None or child is None else grad.sum_to_size(output_shape(child, nr))
+            for grad, (child, nr) in zip(
+                apply_backward(node, *g_out), node.next_functions, strict=True
+            )
+        ]
+        return _apply(entry.rule, node, tuple(h_out), tuple(g_out), grad_inputs, second_order)
 
 
 def _add(previous: Tensor | None, h: Tensor | None) -> Tensor | None:

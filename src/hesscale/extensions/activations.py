@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from hesscale.extensions.base import ModuleAdaptor
 from hesscale.rules import elementwise as ew
+from hesscale.rules.precision import exp_without_subnormals
 from hesscale.rules.softmax import log_softmax_input, softmax_input
 
 
@@ -59,7 +60,7 @@ class LogSoftmax(ModuleAdaptor):
 
     def input_diag(self, module, h_out, g_out):
         dim = softmax_dim(module, module.input0)
-        return log_softmax_input(module.output.exp(), h_out, g_out, dim)
+        return log_softmax_input(exp_without_subnormals(module.output), h_out, g_out, dim)
 
 
 ADAPTORS = {

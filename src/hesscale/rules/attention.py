@@ -29,6 +29,7 @@ import math
 import torch
 from torch import Tensor
 
+from hesscale.rules.precision import lowest_normal_exponent
 from hesscale.rules.softmax import softmax_input
 
 
@@ -59,6 +60,7 @@ def attention_probabilities(
         key.reshape(-1, keys, key.shape[-1]).transpose(1, 2),
         alpha=scale,
     ).view(*query.shape[:-1], keys)
+    scores = scores.clamp_(min=lowest_normal_exponent(scores.dtype))  # no subnormal P
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill_(~mask, -math.inf)

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from hesscale.rules.precision import promote, upcast
+from hesscale.rules.precision import exp_without_subnormals, promote, upcast
 
 Derivatives = tuple[Tensor, Tensor]
 
@@ -142,9 +142,10 @@ def gelu_derivatives(x: Tensor, approximate: str = "none") -> Derivatives:
         return first, second
     if approximate != "none":
         raise ValueError(f"GELU approximate={approximate!r} is not supported; use 'none' or 'tanh'")
-    pdf = torch.exp(-0.5 * x.square()) / math.sqrt(2 * math.pi)
-    cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2.0)))
-    return cdf + x * pdf, pdf * (2 - x.square())
+    x2 = x.square()
+    pdf = exp_without_subnormals(x2 * -0.5).mul_(1 / math.sqrt(2 * math.pi))
+    first = torch.ops.aten.gelu_backward(x.new_ones(()).expand_as(x), x)  # Phi + x phi
+    return first, pdf.mul_(x2.neg_().add_(2))  # phi (2 - x^2)
 
 
 # elementwise functions of arithmetic (the engine's operations on any tensor) ---------------
@@ -243,7 +244,7 @@ def atan_derivatives(x: Tensor) -> Derivatives:
 
 def erf_derivatives(x: Tensor) -> Derivatives:
     """erf(x): sigma' = 2 / sqrt(pi) exp(-x^2), sigma'' = -2 x sigma'."""
-    first = TWO_OVER_SQRT_PI * torch.exp(-x.square())
+    first = TWO_OVER_SQRT_PI * exp_without_subnormals(-x.square())
     return first, -2 * x * first
 
 

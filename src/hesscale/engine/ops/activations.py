@@ -7,7 +7,7 @@ from hesscale.engine.ops.common import unary
 from hesscale.engine.registry import register
 from hesscale.internals import saved_value
 from hesscale.rules import elementwise, softmax
-from hesscale.rules.precision import upcast
+from hesscale.rules.precision import exp_without_subnormals, upcast
 
 
 @register("ReluBackward0")
@@ -171,7 +171,7 @@ def softmax_(call: NodeCall):
     if h is None and g is None:
         return (None,)
     probs = upcast(call.saved("result"))
-    return (softmax.softmax_input(probs, _or_zeros(h, probs), g, call.saved("dim")),)
+    return (softmax.softmax_input(probs, h, g, call.saved("dim")),)
 
 
 @register("LogSoftmaxBackward0")
@@ -180,9 +180,5 @@ def log_softmax(call: NodeCall):
     h, g = call.h, call.g
     if h is None and g is None:
         return (None,)
-    probs = upcast(call.saved("result")).exp()
-    return (softmax.log_softmax_input(probs, _or_zeros(h, probs), g, call.saved("dim")),)
-
-
-def _or_zeros(h, like):
-    return like.new_zeros(()).expand_as(like) if h is None else h
+    probs = exp_without_subnormals(upcast(call.saved("result")))
+    return (softmax.log_softmax_input(probs, h, g, call.saved("dim")),)
