@@ -56,3 +56,14 @@ def test_readme_user_layer_example_runs():
     exec(compile(code, str(README), "exec"), namespace)
     scale = namespace["model"][1].weight
     assert scale.hesscale.shape == scale.shape and scale.hesscale.abs().sum() > 0
+
+
+def test_readme_lists_exactly_the_supported_operations():
+    from hesscale.engine.registry import supported_operations_markdown
+
+    text = README.read_text()
+    start, end = "<!-- operations:start -->\n", "\n<!-- operations:end -->"
+    listed = text[text.index(start) + len(start) : text.index(end)]
+    assert listed == supported_operations_markdown(), (
+        "README's operation list is stale: regenerate it with supported_operations_markdown()"
+    )
