@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from backpack import extend
 
 from hesscale import cli
 from hesscale.experiments.learners import LEARNERS, Learner
@@ -27,6 +26,7 @@ from hesscale.experiments.supervised import SupervisedLearning
 from hesscale.experiments.sweep import plan as sweep_plan
 from hesscale.experiments.sweep import spec as sweep_spec
 from hesscale.experiments.tasks import DatasetNotFoundError, Task
+from tests.engine_support import engine_rules_needed
 
 PYTHON_CLI = f"{sys.executable} -m hesscale.cli"
 
@@ -148,14 +148,25 @@ def test_network_sizes():
         build_network("resnet", (1, 8, 8), 10)
 
 
-@pytest.mark.parametrize("name", ["mnist_2c2d", "cifar10_3c3d", "cifar100_allcnnc"])
+def _shape(name: str) -> tuple[int, ...]:
+    return (1, 28, 28) if name.startswith("mnist") else (3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=engine_rules_needed(build_network(n, _shape(n), 10), _shape(n)))
+        for n in ["mnist_2c2d", "cifar10_3c3d", "cifar100_allcnnc"]
+    ],
+)
 def test_deepobs_networks_take_an_adahesscale_step(name):
-    shape = (1, 28, 28) if name.startswith("mnist") else (3, 32, 32)
+    """AdaHesScale's diagonal comes from hesscale.backward: no backpack.extend."""
+    shape = _shape(name)
     torch.manual_seed(0)
     net = build_network(name, shape, 10)
     learner = Learner("adahesscale", net.parameters(), lr=1e-3)
     before = [p.detach().clone() for p in net.parameters()]
-    net, loss_fn = extend(net), extend(torch.nn.CrossEntropyLoss())
+    loss_fn = torch.nn.CrossEntropyLoss()
     learner.step(loss_fn(net(torch.randn(2, *shape)), torch.tensor([1, 2])))
     after = list(net.parameters())
     assert all(torch.isfinite(p).all() for p in after)
@@ -175,8 +186,23 @@ def test_learner_options_and_errors():
 # runs -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("network", ["fc_tanh_small", "small_cnn"])
-@pytest.mark.parametrize("learner", list(LEARNERS))
+SMALL_CNN_NEEDS = engine_rules_needed(build_network("small_cnn", (1, 8, 8), 10), (1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "learner, network",
+    [
+        pytest.param(
+            learner,
+            network,
+            marks=SMALL_CNN_NEEDS
+            if network == "small_cnn" and LEARNERS[learner].backward.startswith("hesscale")
+            else (),
+        )
+        for network in ["fc_tanh_small", "small_cnn"]
+        for learner in LEARNERS
+    ],
+)
 def test_every_learner_trains_every_kind_of_network_in_the_one_run_loop(learner, network):
     hidden = [8] if network.startswith("fc") else None
     lr = {"sgd": 0.1, "adahessian": 0.05}.get(learner, 0.003)

@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from hesscale.experiments.logs import COMPLETE, config_label, config_name, format_value, iter_logs
+from hesscale.experiments.logs import (
+    COMPLETE,
+    config_label,
+    config_name,
+    format_value,
+    iter_logs,
+    safe_name,
+)
 
 
 @dataclass
@@ -103,7 +110,16 @@ def stderr(values: np.ndarray) -> np.ndarray | float:
 
 
 # settings of a run that are not the learner's: runs pool as seeds only if these agree
-SETTINGS = ("steps", "batch_size", "change_freq", "bin_size", "eval_every", "hidden")
+SETTINGS = (
+    "steps",
+    "batch_size",
+    "change_freq",
+    "bin_size",
+    "eval_every",
+    "hidden",
+    "task_options",
+    "network_options",
+)
 Group = tuple[str, str, str]  # task, network, settings (JSON)
 
 
@@ -366,6 +382,7 @@ def plot_all(root: str | Path, out_dir: str | Path | None = None) -> list[Path]:
         if differing[key]:
             tag += "__" + _settings_text(differing[key], "_").replace("=", "")
             title += f" ({_settings_text(differing[key], ', ')})"
+        tag = safe_name(tag)  # labels may be import paths
         plot_curves(learners, title, out_dir / f"curves_{tag}.png")
         plot_sensitivity(learners, title, out_dir / f"sensitivity_{tag}.png")
         written += [out_dir / f"curves_{tag}.png", out_dir / f"sensitivity_{tag}.png"]
