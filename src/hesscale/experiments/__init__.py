@@ -67,13 +67,18 @@ def __dir__() -> list[str]:
 
 
 def _register(kind: str, name: str, component: Any, path: str | None) -> None:
+    import sys
+
     from hesscale.experiments.components import importable_path
 
     registry = getattr(importlib.import_module(f"hesscale.experiments.{kind}s"), f"{kind.upper()}S")
     frame = inspect.currentframe()
     caller = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
-    namespace = caller.f_globals if caller is not None else None
-    registry.register(name, component, path=path or importable_path(component, namespace))
+    namespaces = [caller.f_globals] if caller is not None else []
+    optimizer = getattr(component, "optimizer", None)  # a LearnerSpec: where its class lives
+    if isinstance(optimizer, type) and optimizer.__module__ in sys.modules:
+        namespaces.append(vars(sys.modules[optimizer.__module__]))
+    registry.register(name, component, path=path or importable_path(component, namespaces))
 
 
 def register_task(name: str, factory: Any, *, path: str | None = None) -> None:

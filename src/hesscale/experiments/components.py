@@ -341,19 +341,21 @@ def _origin(top: str) -> str | None:
     return None if str(folder) in _installed_folders() else str(folder)
 
 
-def importable_path(obj: Any, namespace: Mapping[str, Any] | None = None) -> str | None:
+def importable_path(obj: Any, namespaces: Sequence[Mapping[str, Any]] = ()) -> str | None:
     """An import path that gives ``obj`` back in a new process, or None if there is none (a
     lambda, a function defined inside another, an object of an interactive session).
 
-    ``namespace``: a module's globals in which to look for a name bound to ``obj`` first.
-    Objects of the main script are named by its file path (``/path/script.py:name``)."""
+    Functions and classes are found where they are defined; other objects (a LearnerSpec, a
+    partial) under a name bound to them in one of ``namespaces`` (modules' globals). Objects
+    of the main script are named by its file path (``/path/script.py:name``)."""
     candidates: list[tuple[str, str]] = []
-    if namespace is not None and isinstance(namespace.get("__name__"), str):
-        candidates += [
-            (namespace["__name__"], name)
-            for name, value in namespace.items()
-            if value is obj and not name.startswith("_")
-        ]
+    for namespace in namespaces:
+        if isinstance(namespace.get("__name__"), str):
+            candidates += [
+                (namespace["__name__"], name)
+                for name, value in namespace.items()
+                if value is obj and not name.startswith("_")
+            ]
     module_name = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", None)
     if isinstance(module_name, str) and isinstance(qualname, str) and "<" not in qualname:

@@ -285,14 +285,17 @@ def train(
 
 def default_out(config: RunConfig) -> Path:
     """runs/TASK/NETWORK/LEARNER/CONFIG/seed_N.json (``runs/`` is ignored by git), named by
-    the components' labels (characters other than letters, digits, '.', '-' and '_' as '_')."""
+    the components' labels (characters other than letters, digits, '.', '-' and '_' as '_';
+    a file by its name only)."""
     from hesscale.experiments.components import split_label
     from hesscale.experiments.logs import run_path, safe_name
 
-    task, network, learner = (
-        safe_name(split_label(reference)[0])
-        for reference in (config.task, config.network, config.learner)
-    )
+    def folder(reference: str) -> str:  # a file's name, not its whole path
+        location, colon, attribute = split_label(reference)[0].rpartition(":")
+        short = f"{Path(location).name}{colon}{attribute}" if location.endswith(".py") else None
+        return safe_name(short or split_label(reference)[0])
+
+    task, network, learner = map(folder, (config.task, config.network, config.learner))
     root = DEFAULT_OUT_ROOT / task / network
     return run_path(root, learner, config.all_hyperparameters(), config.seed)
 
