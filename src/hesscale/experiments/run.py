@@ -251,9 +251,6 @@ def build_trainer(
     )
 
 
-supervised_trainer = build_trainer  # the name it had before tasks could bring their stepper
-
-
 def trial_build(config: RunConfig) -> None:
     """Build ``config``'s trainer without running it, to find a component of the wrong kind
     before any run starts (ComponentError). What only a run can report (a missing dataset, a
