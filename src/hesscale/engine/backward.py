@@ -11,16 +11,19 @@ producer receives. Diagonals live exactly as long as the gradients do.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Literal
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
+from hesscale.engine import distributed
 from hesscale.engine import graph as graphs
 from hesscale.engine.call import NodeCall
 from hesscale.engine.registry import RULES
 from hesscale.errors import HesScaleError
+from hesscale.hook_warning import hook_warning_hidden
 from hesscale.internals import grad_stamp
 
 Node = torch.autograd.graph.Node
@@ -87,12 +90,16 @@ class DiagonalBackward:
             for variant in self.variants
         ]
         handles = [node.register_hook(self._hook_for(node)) for node in self.graph.edges]
+        hooks_warn = hook_warning_hidden() if self.graph.has_module_hooks else nullcontext()
         try:
-            autograd_backward(self.loss, gradient, retain_graph, inputs=inputs)
+            with hooks_warn:  # an extended (BackPACK) model: torch's first-layer hook warning
+                autograd_backward(self.loss, gradient, retain_graph, inputs=inputs)
         finally:
             for handle in handles:
                 handle.remove()
         self._write_leaves()
+        if distributed.active():
+            distributed.average_over_ranks(self.graph.leaves.values(), self.variants)
 
     # the per-node step ---------------------------------------------------------------------
 
@@ -153,8 +160,15 @@ def _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order: bool) -> 
     """Run ``rule`` on one node: one diagonal per input, in the input's shape (None: zero, or
     no diagonal needed)."""
     call = NodeCall(node, h_out, grad_outputs, grad_inputs, second_order)
-    with torch.no_grad():
-        h_in = rule(call)
+    try:
+        with torch.no_grad():
+            h_in = rule(call)
+    except torch.utils.checkpoint.CheckpointError as error:
+        raise HesScaleError(
+            f"{node.name()} saved its tensors under activation checkpointing "
+            "(torch.utils.checkpoint), which lets each be read only once, by autograd; HesScale "
+            "needs them too. Run that part of the model without checkpointing."
+        ) from error
     results = []
     for h, grad in zip(h_in, grad_inputs, strict=True):
         if h is None or grad is None:

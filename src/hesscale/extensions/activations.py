@@ -49,9 +49,13 @@ class Softmax(ModuleAdaptor):
 
 
 class LogSoftmax(ModuleAdaptor):
-    """Keeps its second-order term also in HesScaleGN (see HesScaleGN's docstring)."""
+    """In HesScaleGN a LogSoftmax that feeds NLLLoss directly is part of that loss: it keeps its
+    second-order term for NLLLoss's part of the gradient (see HesScaleGN's docstring)."""
 
-    keeps_second_order = True
+    def second_order_gradient(self, ext, module, g_out):
+        if ext.second_order:
+            return g_out[0]
+        return ext.take_log_prob_gradient(module.output)
 
     def input_diag(self, module, h_out, g_out):
         dim = softmax_dim(module, module.input0)
