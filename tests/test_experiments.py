@@ -26,7 +26,6 @@ from hesscale.experiments.supervised import SupervisedLearning
 from hesscale.experiments.sweep import plan as sweep_plan
 from hesscale.experiments.sweep import spec as sweep_spec
 from hesscale.experiments.tasks import DatasetNotFoundError, Task
-from tests.engine_support import engine_rules_needed
 
 PYTHON_CLI = f"{sys.executable} -m hesscale.cli"
 
@@ -152,13 +151,7 @@ def _shape(name: str) -> tuple[int, ...]:
     return (1, 28, 28) if name.startswith("mnist") else (3, 32, 32)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=engine_rules_needed(build_network(n, _shape(n), 10), _shape(n)))
-        for n in ["mnist_2c2d", "cifar10_3c3d", "cifar100_allcnnc"]
-    ],
-)
+@pytest.mark.parametrize("name", ["mnist_2c2d", "cifar10_3c3d", "cifar100_allcnnc"])
 def test_deepobs_networks_take_an_adahesscale_step(name):
     """AdaHesScale's diagonal comes from hesscale.backward: no backpack.extend."""
     shape = _shape(name)
@@ -186,23 +179,8 @@ def test_learner_options_and_errors():
 # runs -----------------------------------------------------------------------------------------
 
 
-SMALL_CNN_NEEDS = engine_rules_needed(build_network("small_cnn", (1, 8, 8), 10), (1, 8, 8))
-
-
-@pytest.mark.parametrize(
-    "learner, network",
-    [
-        pytest.param(
-            learner,
-            network,
-            marks=SMALL_CNN_NEEDS
-            if network == "small_cnn" and LEARNERS[learner].backward.startswith("hesscale")
-            else (),
-        )
-        for network in ["fc_tanh_small", "small_cnn"]
-        for learner in LEARNERS
-    ],
-)
+@pytest.mark.parametrize("network", ["fc_tanh_small", "small_cnn"])
+@pytest.mark.parametrize("learner", list(LEARNERS))
 def test_every_learner_trains_every_kind_of_network_in_the_one_run_loop(learner, network):
     hidden = [8] if network.startswith("fc") else None
     lr = {"sgd": 0.1, "adahessian": 0.05}.get(learner, 0.003)
@@ -512,10 +490,6 @@ def test_resnet18_trains_in_the_run_loop():
     assert log["status"] == "finished" and all(math.isfinite(v) for v in log["loss"])
 
 
-_RESNET_NEEDS = engine_rules_needed(build_network("resnet18", (3, 8, 8), 10), (3, 8, 8))
-
-
-@_RESNET_NEEDS
 @pytest.mark.parametrize("learner", ["adahesscale", "adahesscalegn"])
 def test_resnet18_takes_adahesscale_steps_from_hesscale_backward(learner):
     """Residual additions and BatchNorm in training mode: no chain of modules, no extend."""
