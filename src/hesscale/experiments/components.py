@@ -22,6 +22,7 @@ what was expected.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -220,8 +221,11 @@ def load_object(target: str, search: Sequence[str | Path] = ()) -> tuple[Any, st
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            names = _public_names(module)
-            has = f" It defines: {', '.join(names)}." if names else ""
+            public = [name for name in dir(module) if not name.startswith("_")]
+            close = difflib.get_close_matches(attribute, public, n=3)
+            names = close or _public_names(module)
+            has = f" Did you mean: {', '.join(close)}?" if close else ""
+            has = has or (f" It defines: {', '.join(names)}." if names else "")
             raise ComponentError(
                 f"'{target}': {_describe_module(module)} has no attribute '{attribute}'.{has}"
             ) from None

@@ -404,7 +404,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--network", required=True, help=", ".join(NETWORKS) + own)
     parser.add_argument(
-        "--learner", required=True, help=", ".join(LEARNERS) + "; or any optimizer class" + own[4:]
+        "--learner",
+        required=True,
+        help=", ".join(LEARNERS) + "; or any optimizer class, or a learner of your own: "
+        "package.module:attribute or file.py:attribute (LABEL=... names it)",
     )
     parser.add_argument("--lr", required=True, type=float, help="step size (> 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order and init)")
@@ -437,7 +440,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an option of the task, e.g. --task-opt normalize='unit' (repeatable)",
+        help="an option of the task, e.g. --task-opt normalize=unit (repeatable)",
     )
     parser.add_argument(
         "--network-opt",
