@@ -64,7 +64,14 @@ def _out_of_place(target):
         return DIFFERENTIABLE_TWINS[target]
     if isinstance(target, torch._ops.OpOverload) and target._schema.name.endswith("_"):
         packet = getattr(aten, target._schema.name.split("::")[1][:-1])
-        return getattr(packet, target._overloadname)
+        if target._overloadname in packet.overloads():
+            return getattr(packet, target._overloadname)
+        # e.g. aten.transpose_.default -> aten.transpose.int: the overload with the same arguments
+        arguments = [a.type for a in target._schema.arguments]
+        for name in packet.overloads():
+            overload = getattr(packet, name)
+            if [a.type for a in overload._schema.arguments] == arguments:
+                return overload
     return target
 
 

@@ -6,6 +6,7 @@ Each rule reads what its node saved, and calls the formulas in ``hesscale.rules`
 from hesscale.engine.ops import (  # noqa: F401
     activations,
     arithmetic,
+    attention,
     conv,
     dropout,
     embedding,
@@ -15,6 +16,7 @@ from hesscale.engine.ops import (  # noqa: F401
     losses,
     normalization,
     pooling,
+    recurrent,
     reductions,
     shape,
 )
