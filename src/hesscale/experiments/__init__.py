@@ -1,4 +1,5 @@
-"""Experiments: data, tasks, networks, runs, sweeps and the studies. Nothing imports this.
+"""Experiments: data, tasks, networks, runs, sweeps and the studies (the library itself
+never imports this).
 
 They need the ``experiments`` extra (numpy, tqdm, matplotlib, scikit-learn) besides the
 library's own torch and BackPACK: ``pip install "hesscale[experiments]"``.

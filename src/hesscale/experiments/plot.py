@@ -126,7 +126,10 @@ Group = tuple[str, str, str]  # task, network, settings (JSON)
 def settings_of(log: dict[str, Any]) -> dict[str, Any]:
     """The settings of a run besides task, network, learner, hyperparameters and seed."""
     config = log.get("config") or {"steps": log.get("steps"), "bin_size": log.get("bin_size")}
-    return {key: config.get(key) for key in SETTINGS}
+    settings = {key: config.get(key) for key in SETTINGS}
+    for key in ("task_options", "network_options"):  # absent from logs made before they were
+        settings[key] = settings[key] or {}
+    return settings
 
 
 def collect(root: str | Path) -> dict[Group, dict[str, list[Config]]]:

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hesscale.experiments.logs import COMPLETE, read_log, run_path, safe_name
-
-LEARNER_KEY = "learner"  # (as in spec.py) not a hyperparameter: what the learner is
+from hesscale.experiments.sweep.spec import LEARNER_KEY
 
 
 @dataclass(frozen=True)
