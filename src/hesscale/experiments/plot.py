@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from hesscale.experiments.logs import COMPLETE, config_label, config_name, format_value, iter_logs
+from hesscale.experiments.logs import (
+    COMPLETE,
+    config_label,
+    config_name,
+    format_value,
+    iter_logs,
+    safe_name,
+)
 
 
 @dataclass
@@ -103,14 +110,26 @@ def stderr(values: np.ndarray) -> np.ndarray | float:
 
 
 # settings of a run that are not the learner's: runs pool as seeds only if these agree
-SETTINGS = ("steps", "batch_size", "change_freq", "bin_size", "eval_every", "hidden")
+SETTINGS = (
+    "steps",
+    "batch_size",
+    "change_freq",
+    "bin_size",
+    "eval_every",
+    "hidden",
+    "task_options",
+    "network_options",
+)
 Group = tuple[str, str, str]  # task, network, settings (JSON)
 
 
 def settings_of(log: dict[str, Any]) -> dict[str, Any]:
     """The settings of a run besides task, network, learner, hyperparameters and seed."""
     config = log.get("config") or {"steps": log.get("steps"), "bin_size": log.get("bin_size")}
-    return {key: config.get(key) for key in SETTINGS}
+    settings = {key: config.get(key) for key in SETTINGS}
+    for key in ("task_options", "network_options"):  # absent from logs made before they were
+        settings[key] = settings[key] or {}
+    return settings
 
 
 def collect(root: str | Path) -> dict[Group, dict[str, list[Config]]]:
@@ -366,6 +385,7 @@ def plot_all(root: str | Path, out_dir: str | Path | None = None) -> list[Path]:
         if differing[key]:
             tag += "__" + _settings_text(differing[key], "_").replace("=", "")
             title += f" ({_settings_text(differing[key], ', ')})"
+        tag = safe_name(tag)  # labels may be import paths
         plot_curves(learners, title, out_dir / f"curves_{tag}.png")
         plot_sensitivity(learners, title, out_dir / f"sensitivity_{tag}.png")
         written += [out_dir / f"curves_{tag}.png", out_dir / f"sensitivity_{tag}.png"]
