@@ -57,7 +57,7 @@ def test_gpt_runs_with_the_engine_and_backpack_is_reported_as_skipped():
         r.method: r for r in measure.measure(config, methods, repeats=2, warmup=1, progress=False)
     }
     assert results["HesScale"].status == "ok"
-    assert results["HesScale"].time_ratio > 1
+    assert results["HesScale"].median_ms > 0
     assert results["HesScale (BackPACK)"].status.startswith("skipped")
 
 
