@@ -51,7 +51,7 @@ def _find_owners(params: Iterable[Tensor]) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     for obj in gc.get_objects():
-        if isinstance(obj, DistributedDataParallel):
+        if issubclass(type(obj), DistributedDataParallel):  # type(): no __class__ lookups
             for p in ddp_parameters(obj):
                 _owners[id(p)] = (weakref.ref(p), weakref.ref(obj))
     for p in new:
