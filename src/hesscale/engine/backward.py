@@ -104,24 +104,31 @@ class DiagonalBackward:
     # the per-node step ---------------------------------------------------------------------
 
     def _hook_for(self, node: Node):
-        rule = RULES[node.name()].rule
+        rule = self.graph.rules[node]
         edges = self.graph.edges[node]
         leaves = self.graph.leaves
-        second_order = [
-            variant == "hesscale" or node not in self.network for variant in self.variants
+        variants = [
+            (pending, variant == "hesscale" or node not in self.network, v)
+            for v, (variant, pending) in enumerate(zip(self.variants, self.pending, strict=True))
         ]
 
         def hook(grad_inputs: tuple, grad_outputs: tuple) -> None:
-            for v, pending in enumerate(self.pending):
-                h_out = tuple(pending.pop((node, j), None) for j in range(len(grad_outputs)))
-                h_in = _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order[v])
+            n_out = len(grad_outputs)
+            for pending, second_order, v in variants:
+                if n_out == 1:
+                    h_out = (pending.pop((node, 0), None),)
+                else:
+                    h_out = tuple(pending.pop((node, j), None) for j in range(n_out))
+                h_in = _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order)
                 for (child, nr), h, grad in zip(edges, h_in, grad_inputs, strict=True):
-                    if child is None or grad is None:
+                    if grad is None or child is None:
                         continue
                     if child in leaves:
                         self._add_to_leaf(v, leaves[child], h)
                     elif h is not None:
-                        pending[(child, nr)] = _add(pending.get((child, nr)), h)
+                        key = (child, nr)
+                        previous = pending.get(key)
+                        pending[key] = h if previous is None else previous + h
 
         return hook
 
@@ -169,14 +176,14 @@ def _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order: bool) -> 
             "(torch.utils.checkpoint), which lets each be read only once, by autograd; HesScale "
             "needs them too. Run that part of the model without checkpointing."
         ) from error
-    results = []
-    for h, grad in zip(h_in, grad_inputs, strict=True):
-        if h is None or grad is None:
-            results.append(None)
+    results = list(h_in)
+    for i, (h, grad) in enumerate(zip(results, grad_inputs, strict=True)):
+        if h is None:
+            continue
+        if grad is None:
+            results[i] = None
         elif h.shape != grad.shape:
-            results.append(h.sum_to_size(grad.shape))  # a broadcast input sums its copies
-        else:
-            results.append(h)
+            results[i] = h.sum_to_size(grad.shape)  # a broadcast input sums its copies
     return results
 
 

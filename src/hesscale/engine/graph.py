@@ -25,7 +25,8 @@ class Graph:
 
     ``leaves`` maps each AccumulateGrad node to its leaf tensor; ``edges`` maps every other node
     to its ``next_functions``; ``parents`` maps each node to the node that reached it first on a
-    shortest path from the root (for error messages).
+    shortest path from the root (for error messages); after ``check_supported``, ``rules`` maps
+    every non-leaf node to its rule.
     """
 
     def __init__(self, root: Node) -> None:
@@ -59,12 +60,14 @@ class Graph:
         """Raise UnsupportedOperationError for the first node without a rule (or whose
         configuration its rule does not cover), before anything is computed."""
         self.has_module_hooks = False
+        self.rules = {}
         for node in self.edges:
             name = node.name()
             self.has_module_hooks |= name == "BackwardHookFunctionBackward"
             entry = RULES.get(name)
             reason = None if entry is None or entry.check is None else entry.check(node)
             if entry is not None and reason is None:
+                self.rules[node] = entry.rule
                 continue
             problem = (
                 "has no HesScale rule" if entry is None else f"is not supported here: {reason}"

@@ -142,10 +142,10 @@ def gelu_derivatives(x: Tensor, approximate: str = "none") -> Derivatives:
         return first, second
     if approximate != "none":
         raise ValueError(f"GELU approximate={approximate!r} is not supported; use 'none' or 'tanh'")
-    x2 = x.square()
-    pdf = exp_without_subnormals(x2 * -0.5).mul_(1 / math.sqrt(2 * math.pi))
+    half_square = x.square().mul_(-0.5)  # -x^2 / 2
+    pdf = half_square.exp().mul_(1 / math.sqrt(2 * math.pi))  # subnormal only for |x| > 13
     first = torch.ops.aten.gelu_backward(x.new_ones(()).expand_as(x), x)  # Phi + x phi
-    return first, pdf.mul_(x2.neg_().add_(2))  # phi (2 - x^2)
+    return first, pdf.mul_(half_square.mul_(2).add_(2))  # phi (2 - x^2)
 
 
 # elementwise functions of arithmetic (the engine's operations on any tensor) ---------------
