@@ -24,7 +24,7 @@ from hesscale.engine.call import NodeCall
 from hesscale.engine.registry import RULES
 from hesscale.errors import HesScaleError
 from hesscale.hook_warning import hook_warning_hidden
-from hesscale.internals import grad_stamp
+from hesscale.internals import apply_backward, grad_stamp
 
 Node = torch.autograd.graph.Node
 Variant = Literal["hesscale", "hesscale_gn"]
@@ -89,7 +89,14 @@ class DiagonalBackward:
             {id(leaf) for leaf in self.graph.leaves.values() if _continues(leaf, variant)}
             for variant in self.variants
         ]
-        handles = [node.register_hook(self._hook_for(node)) for node in self.graph.edges]
+        # reshuffles run in their consumers' hooks; not with inputs=, where autograd may skip
+        # a reshuffle whose input needs no gradient for these inputs
+        self.reshuffles = self.graph.reshuffles if inputs is None else {}
+        handles = [
+            node.register_hook(self._hook_for(node))
+            for node in self.graph.edges
+            if node not in self.reshuffles
+        ]
         hooks_warn = hook_warning_hidden() if self.graph.has_module_hooks else nullcontext()
         try:
             with hooks_warn:  # an extended (BackPACK) model: torch's first-layer hook warning
@@ -106,7 +113,7 @@ class DiagonalBackward:
     def _hook_for(self, node: Node):
         rule = self.graph.rules[node]
         edges = self.graph.edges[node]
-        leaves = self.graph.leaves
+        leaves, reshuffles = self.graph.leaves, self.reshuffles
         variants = [
             (pending, variant == "hesscale" or node not in self.network, v)
             for v, (variant, pending) in enumerate(zip(self.variants, self.pending, strict=True))
@@ -122,6 +129,14 @@ class DiagonalBackward:
                 h_in = _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order)
                 for (child, nr), h, grad in zip(edges, h_in, grad_inputs, strict=True):
                     if grad is None or child is None:
+                        continue
+                    while child in reshuffles:  # views etc.: h_x = J^T h_z right away
+                        if h is not None:
+                            h = apply_backward(child, h)[0]
+                        child, nr = reshuffles[child]
+                        if child is None:
+                            break
+                    if child is None:
                         continue
                     if child in leaves:
                         self._add_to_leaf(v, leaves[child], h)
@@ -196,7 +211,7 @@ def node_diagonals(
     """The diagonal each input of one recorded node receives, given the diagonal ``h_out`` and
     the gradient ``g_out`` w.r.t. each of its outputs (None: zero). For testing a rule, or
     writing one: the node's own gradients come from its backward formula."""
-    from hesscale.internals import apply_backward, output_shape
+    from hesscale.internals import output_shape
 
     entry = RULES.get(node.name())
     if entry is None:

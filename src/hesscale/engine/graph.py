@@ -61,9 +61,12 @@ class Graph:
         configuration its rule does not cover), before anything is computed."""
         self.has_module_hooks = False
         self.rules = {}
+        self.reshuffles = {}
         for node in self.edges:
             name = node.name()
             self.has_module_hooks |= name == "BackwardHookFunctionBackward"
+            if name in RESHUFFLES and len(self.edges[node]) == 1:
+                self.reshuffles[node] = self.edges[node][0]
             entry = RULES.get(name)
             reason = None if entry is None or entry.check is None else entry.check(node)
             if entry is not None and reason is None:
@@ -92,6 +95,26 @@ class Graph:
             )
             raise UnsupportedOperationError(message)
 
+
+# One input, one output, each output entry a copy of one input entry (views, transposes,
+# reshapes): linear without curvature, so h_x = J^T h_z may be applied to each contribution to
+# h_z as it arrives (their sum gives the same), instead of in a hook of their own.
+RESHUFFLES = frozenset(
+    {
+        "ViewBackward0",
+        "UnsafeViewBackward0",
+        "ReshapeAliasBackward0",
+        "AliasBackward0",
+        "TBackward0",
+        "TransposeBackward0",
+        "PermuteBackward0",
+        "UnsqueezeBackward0",
+        "SqueezeBackward0",
+        "SqueezeBackward1",
+        "SqueezeBackward2",
+        "CloneBackward0",
+    }
+)
 
 # Nodes that hide the operations they stand for, and what to do instead.
 OPAQUE_NODES = {
