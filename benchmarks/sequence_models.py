@@ -30,13 +30,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for test
 import hesscale  # noqa: E402
 from hesscale.experiments.cost.measure import peak_step_bytes  # noqa: E402
 from hesscale.experiments.cost.methods import Step  # noqa: E402
-from tests.sequence_models import GPT, RecurrentLM, lm_loss  # noqa: E402
+from tests.sequence_models import RecurrentLM, gpt, lm_loss  # noqa: E402
 
 VOCAB, STEPS, BATCH, DIM = 512, 64, 4, 128
 
 MODELS = {
-    "gpt": lambda: GPT(VOCAB, STEPS, DIM, heads=4, layers=2),
-    "gpt-lite": lambda: GPT(VOCAB, STEPS, DIM, heads=4, layers=2, one_hot=True, layer_norm=False),
+    "gpt": lambda: gpt(VOCAB, STEPS, DIM, heads=4, layers=2),
+    "gpt-lite": lambda: gpt(VOCAB, STEPS, DIM, heads=4, layers=2, one_hot=True, layer_norm=False),
     "lstm": lambda: RecurrentLM("lstm", VOCAB, DIM, DIM, layers=2),
     "lstm-lite": lambda: RecurrentLM("lstm", VOCAB, DIM, DIM, layers=2, one_hot=True),
 }

@@ -1,5 +1,5 @@
-"""Sequence models for the engine's tests and benchmarks: a nanoGPT-style GPT and recurrent
-language models (embedding -> recurrent layers -> linear)."""
+"""Sequence models for the engine's tests and benchmarks: the package's GPT with test variants,
+and recurrent language models (embedding -> recurrent layers -> linear)."""
 
 from __future__ import annotations
 
@@ -26,66 +26,32 @@ def embedding(num: int, dim: int, one_hot: bool) -> nn.Module:
     return OneHotEmbedding(num, dim) if one_hot else nn.Embedding(num, dim)
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.c_attn = nn.Linear(dim, 3 * dim)
-        self.c_proj = nn.Linear(dim, dim)
+def gpt(
+    vocab: int,
+    block_size: int,
+    dim: int,
+    heads: int,
+    layers: int,
+    one_hot: bool = False,
+    layer_norm: bool = True,
+) -> nn.Module:
+    """hesscale.experiments.transformer.GPT (nanoGPT-style: token + position embeddings,
+    pre-norm blocks with causal scaled_dot_product_attention and a GELU MLP, a final LayerNorm,
+    the output weight tied to the token embedding); ``one_hot`` / ``layer_norm=False`` swap the
+    embeddings / norms for graphs without those operations."""
+    from hesscale.experiments.transformer import GPT
 
-    def forward(self, x: Tensor) -> Tensor:
-        batch, steps, dim = x.shape
-        q, k, v = self.c_attn(x).split(dim, dim=2)
-        q, k, v = (t.view(batch, steps, self.heads, -1).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.c_proj(y.transpose(1, 2).contiguous().view(batch, steps, dim))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x)) with a GELU MLP."""
-
-    def __init__(self, dim: int, heads: int, layer_norm: bool = True) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(dim) if layer_norm else nn.Identity()
-        self.attn = CausalSelfAttention(dim, heads)
-        self.ln_2 = nn.LayerNorm(dim) if layer_norm else nn.Identity()
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class GPT(nn.Module):
-    """nanoGPT-style: token + position embeddings, pre-norm blocks with causal
-    scaled_dot_product_attention and a GELU MLP, a final LayerNorm, and the output weight tied
-    to the token embedding. ``one_hot`` / ``layer_norm=False`` swap the embeddings / norms
-    for graphs without those operations."""
-
-    def __init__(
-        self,
-        vocab: int,
-        block_size: int,
-        dim: int,
-        heads: int,
-        layers: int,
-        one_hot: bool = False,
-        layer_norm: bool = True,
-    ) -> None:
-        super().__init__()
-        self.wte = embedding(vocab, dim, one_hot)
-        self.wpe = embedding(block_size, dim, one_hot)
-        self.blocks = nn.ModuleList(Block(dim, heads, layer_norm) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(dim) if layer_norm else nn.Identity()
-        self.lm_head = nn.Linear(dim, vocab, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied
-
-    def forward(self, indices: Tensor) -> Tensor:
-        positions = torch.arange(indices.shape[1], device=indices.device)
-        x = self.wte(indices) + self.wpe(positions)
-        for block in self.blocks:
-            x = block(x)
-        return self.lm_head(self.ln_f(x))
+    model = GPT(vocab, block_size, dim, layers, heads)
+    if one_hot:
+        model.tokens, model.positions = (
+            OneHotEmbedding(vocab, dim),
+            OneHotEmbedding(block_size, dim),
+        )
+    if not layer_norm:
+        model.norm = nn.Identity()
+        for block in model.blocks:
+            block.norm1, block.norm2 = nn.Identity(), nn.Identity()
+    return model
 
 
 class RecurrentLM(nn.Module):

@@ -16,35 +16,16 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import hesscale
-from hesscale.engine.registry import RULES
-from hesscale.errors import UnsupportedOperationError
 from hesscale.internals import saved_value
 from tests.engine_checks import check_graph, node_names
 from tests.engine_fused import decomposition_diagonals
 from tests.engine_oracle import GraphOracle
 from tests.oracle import assert_close
-from tests.sequence_models import GPT, RecurrentLM, lm_loss
+from tests.sequence_models import RecurrentLM, gpt, lm_loss
 
 pytestmark = pytest.mark.usefixtures("float64")
 
 VOCAB = 7
-
-
-def needs_rules(*names: str):
-    """Strict xfail while another branch's rules (e.g. LayerNorm, Embedding) are missing: the
-    test must fail now and pass once they are registered."""
-    missing = [n for n in names if n not in RULES]
-    return pytest.mark.xfail(
-        bool(missing),
-        strict=True,
-        raises=UnsupportedOperationError,
-        reason=f"needs engine-cnn rules: {', '.join(missing)}",
-    )
-
-
-NEEDS_NORM = needs_rules("NativeLayerNormBackward0")
-NEEDS_EMBEDDING = needs_rules("EmbeddingBackward0")
-NEEDS_BOTH = needs_rules("NativeLayerNormBackward0", "EmbeddingBackward0")
 
 
 def module_loss(model, loss_of=lm_loss):
@@ -71,21 +52,23 @@ def tokens(*shape):
 @pytest.mark.parametrize(
     "one_hot, layer_norm",
     [
-        pytest.param(False, True, marks=NEEDS_BOTH, id="gpt"),
+        pytest.param(False, True, id="gpt"),
         pytest.param(True, False, id="gpt-one-hot-no-norm"),
-        pytest.param(True, True, marks=NEEDS_NORM, id="gpt-one-hot"),
+        pytest.param(True, True, id="gpt-one-hot"),
     ],
 )
 def test_gpt_matches_oracle(one_hot, layer_norm):
     torch.manual_seed(0)
-    model = GPT(VOCAB, block_size=4, dim=4, heads=2, layers=2, one_hot=one_hot,
+    model = gpt(VOCAB, block_size=4, dim=4, heads=2, layers=2, one_hot=one_hot,
                 layer_norm=layer_norm)  # fmt: skip
-    assert model.lm_head.weight is model.wte.weight
+    assert not any(
+        p.shape == (VOCAB, 4) and n != "tokens.weight" for n, p in model.named_parameters()
+    )
     check_graph(module_loss(model), parameters(model), tokens(2, 4), tokens(2, 4))
 
 
 def test_gpt_records_fused_attention():
-    model = GPT(VOCAB, block_size=4, dim=4, heads=2, layers=1)
+    model = gpt(VOCAB, block_size=4, dim=4, heads=2, layers=1)
     names = node_names(lambda: lm_loss(model(tokens(2, 4)), tokens(2, 4)))
     assert "ScaledDotProductFlashAttentionForCpuBackward0" in names
 
@@ -108,7 +91,6 @@ class EncoderClassifier(nn.Module):
         return self.head(self.layer(x, src_mask=mask, is_causal=True))
 
 
-@NEEDS_NORM
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["time-first", "batch-first"])
 def test_transformer_encoder_layer_matches_oracle(batch_first, norm_first):
@@ -182,7 +164,7 @@ def rnn_id(case):
     return "-".join([kind, *(f"{k}={v}" for k, v in options.items())])
 
 
-@pytest.mark.parametrize("one_hot", [pytest.param(False, marks=NEEDS_EMBEDDING), True],
+@pytest.mark.parametrize("one_hot", [pytest.param(False), True],
                          ids=["embedding", "one-hot"])  # fmt: skip
 @pytest.mark.parametrize("kind, options", RNN_CASES, ids=[rnn_id(c) for c in RNN_CASES])
 def test_recurrent_lm_matches_oracle(kind, options, one_hot):
@@ -387,7 +369,7 @@ def test_half_precision_models_follow_float32(model_name, dtype):
     within half precision of the float32 results (5% of the largest entry)."""
     torch.manual_seed(0)
     if model_name == "gpt":
-        model = GPT(VOCAB, block_size=6, dim=8, heads=2, layers=2, one_hot=True, layer_norm=False)
+        model = gpt(VOCAB, block_size=6, dim=8, heads=2, layers=2, one_hot=True, layer_norm=False)
         fused = "ScaledDotProductFlashAttentionForCpuBackward0"
     else:
         model = RecurrentLM("lstm", VOCAB, 8, 8, one_hot=True)
