@@ -4,6 +4,7 @@ are averaged over ranks as the gradients are, with the user's loop unchanged."""
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -54,6 +55,8 @@ def _worker(rank, fn, store, args):
     try:
         fn(rank, *args)
     finally:
+        gc.collect()  # DDP modules (reference cycles) go before their process group does
+        dist.barrier()
         dist.destroy_process_group()
 
 
