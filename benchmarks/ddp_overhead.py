@@ -16,6 +16,7 @@ Per step, medians over interleaved rounds on rank 0 (CPU clock of the process):
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import tempfile
@@ -35,6 +36,15 @@ from hesscale.engine import distributed
 def worker(rank: int, world: int, store: str, args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    times = measure(args)
+    if rank == 0:
+        report(times, world, args)
+    gc.collect()  # the DDP module goes before its process group does
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Linear(784, args.width), nn.Tanh(), nn.Linear(args.width, args.width), nn.Tanh(),
@@ -71,16 +81,18 @@ def worker(rank: int, world: int, store: str, args: argparse.Namespace) -> None:
             start = time.process_time()
             steps[name]()
             times[name].append(time.process_time() - start)
-    if rank == 0:
-        median = {name: 1e3 * statistics.median(t) for name, t in times.items()}
-        print(f"MLP 784-{args.width}-{args.width}-10, batch {args.batch} per rank, {world} ranks")
-        for name, ms in median.items():
-            print(f"  {name:<14} {ms:7.2f} ms")
-        grad_sync = median["ddp"] - median["local"]
-        print(f"  DDP's gradient synchronisation: {grad_sync:.2f} ms per step (ddp - local)")
-        print(f"  diagonal synchronisation / gradient synchronisation: "
-              f"{median['diagonal sync'] / grad_sync:.2f}")  # fmt: skip
-    dist.destroy_process_group()
+    return times
+
+
+def report(times: dict[str, list[float]], world: int, args: argparse.Namespace) -> None:
+    median = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    print(f"MLP 784-{args.width}-{args.width}-10, batch {args.batch} per rank, {world} ranks")
+    for name, ms in median.items():
+        print(f"  {name:<14} {ms:7.2f} ms")
+    grad_sync = median["ddp"] - median["local"]
+    print(f"  DDP's gradient synchronisation: {grad_sync:.2f} ms per step (ddp - local)")
+    print(f"  diagonal synchronisation / gradient synchronisation: "
+          f"{median['diagonal sync'] / grad_sync:.2f}")  # fmt: skip
 
 
 def main() -> None:
