@@ -8,8 +8,7 @@ parameter (``p.hesscale``), which AdaHesScale's ``step()`` uses (and refuses to 
     python examples/sb3_adahesscale.py                     # PPO on Pendulum-v1, 20k steps
     python examples/sb3_adahesscale.py --algo a2c --steps 5000 --delta 1e-8
 
-Needs the rl extra: pip install -e ".[rl]". PPO's clipped objective uses torch.min, whose
-rule (MinimumBackward0) comes with the engine's general operations; A2C needs nothing more.
+Needs the rl extra: pip install -e ".[rl]".
 """
 
 from __future__ import annotations

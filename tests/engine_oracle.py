@@ -44,11 +44,34 @@ FUSED_DECOMPOSITIONS = get_decompositions(
 STOPS_GRADIENT = {aten.detach.default}
 
 
+def _copy(self: Tensor, src: Tensor, non_blocking: bool = False) -> Tensor:
+    """aten.copy (functionalize's form of ``self.copy_(src)``, e.g. from x[...] = y): src in
+    self's shape and dtype; torch has no derivative w.r.t. self, which it does not depend on."""
+    return src.to(self.dtype).expand(self.shape).clone()
+
+
+# Kernels make_fx records when no input requires grad, and their differentiable twins.
+DIFFERENTIABLE_TWINS = {
+    aten._embedding_bag_forward_only.default: aten._embedding_bag.default,
+    aten.copy.default: _copy,
+}
+
+
 def _out_of_place(target):
-    """aten.add_.Tensor -> aten.add.Tensor: the oracle evaluates values, not mutations."""
+    """aten.add_.Tensor -> aten.add.Tensor: the oracle evaluates values, not mutations (and
+    a kernel without a derivative becomes its differentiable twin)."""
+    if target in DIFFERENTIABLE_TWINS:
+        return DIFFERENTIABLE_TWINS[target]
     if isinstance(target, torch._ops.OpOverload) and target._schema.name.endswith("_"):
         packet = getattr(aten, target._schema.name.split("::")[1][:-1])
-        return getattr(packet, target._overloadname)
+        if target._overloadname in packet.overloads():
+            return getattr(packet, target._overloadname)
+        # e.g. aten.transpose_.default -> aten.transpose.int: the overload with the same arguments
+        arguments = [a.type for a in target._schema.arguments]
+        for name in packet.overloads():
+            overload = getattr(packet, name)
+            if [a.type for a in overload._schema.arguments] == arguments:
+                return overload
     return target
 
 

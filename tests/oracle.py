@@ -42,12 +42,14 @@ def hesscale_by_definition(
     loss_fn: Callable[[Tensor], Tensor],
     x: Tensor,
     gauss_newton: bool,
-    keeps_second_order: tuple[type, ...] = (nn.LogSoftmax,),
+    last_layer_in_loss: bool = False,
 ) -> dict[int, Tensor]:
     """The HesScale recursion through a chain of modules, every step by brute force.
 
     Starts at the loss's exact Hessian diagonal; returns {id(parameter): diagonal}.
-    ``loss_fn`` maps the chain's output to the scalar loss."""
+    ``loss_fn`` maps the chain's output to the scalar loss. ``last_layer_in_loss``: the last
+    layer belongs to the loss (a LogSoftmax feeding NLLLoss), so Gauss-Newton keeps its
+    second-order term; every other layer loses it."""
     activations = [x.detach()]
     for layer in layers:
         activations.append(layer(activations[-1]).detach())
@@ -63,7 +65,8 @@ def hesscale_by_definition(
         for later in layers[i + 1 :]:
             z = later(z)
         g = torch.autograd.grad(loss_fn(z), rest)[0]
-        g_used = None if gauss_newton and not isinstance(layer, keeps_second_order) else g
+        in_loss = last_layer_in_loss and i == len(layers) - 1
+        g_used = None if gauss_newton and not in_loss else g
         for name, p in layer.named_parameters(recurse=False):
             if p.requires_grad:
                 results[id(p)] = definition_diag(parameter_fn(layer, name, a_in), p, h, g_used)

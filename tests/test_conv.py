@@ -194,59 +194,80 @@ def _whole_network_check(layers: list[nn.Module], loss_fn: nn.Module, x: Tensor,
             assert_close_relative(getattr(param, extension.savefield), expected[id(param)])
 
 
-def test_conv_network_cross_entropy():
-    torch.manual_seed(3)
-    layers = [
-        nn.Conv2d(2, 4, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 2, padding="same", groups=2, dilation=1),
-        nn.Sigmoid(),
-        nn.Conv2d(4, 2, 2, dilation=2, bias=False),
-        nn.Flatten(),
-        nn.Linear(2, 3),
-    ]
-    x = torch.randn(3, 2, 5, 5, dtype=DTYPE)
-    _whole_network_check(layers, nn.CrossEntropyLoss(), x, torch.tensor([0, 2, 1]))
+def _randn(*shape: int):
+    return lambda: torch.randn(*shape, dtype=DTYPE)
 
 
-def test_transposed_network_mse():
-    torch.manual_seed(4)
-    layers = [
-        nn.Conv1d(2, 4, 3, padding=1),
-        nn.Tanh(),
-        nn.ConvTranspose1d(4, 4, 3, stride=2, padding=1, output_padding=1, groups=2),
-        nn.ReLU(),
-        nn.ConvTranspose1d(4, 2, 2, dilation=2),
-    ]
-    x = torch.randn(2, 2, 4, dtype=DTYPE)
-    y = torch.randn(2, 2, 10, dtype=DTYPE)
-    _whole_network_check(layers, nn.MSELoss(), x, y)
+# name: (seed, layers, loss, input, target); also run through hesscale.backward in
+# test_engine_vs_backpack.py
+NETWORKS = {
+    "conv-cross-entropy": (
+        3,
+        lambda: [
+            nn.Conv2d(2, 4, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 2, padding="same", groups=2, dilation=1),
+            nn.Sigmoid(),
+            nn.Conv2d(4, 2, 2, dilation=2, bias=False),
+            nn.Flatten(),
+            nn.Linear(2, 3),
+        ],
+        nn.CrossEntropyLoss,
+        _randn(3, 2, 5, 5),
+        lambda: torch.tensor([0, 2, 1]),
+    ),
+    "transposed-mse": (
+        4,
+        lambda: [
+            nn.Conv1d(2, 4, 3, padding=1),
+            nn.Tanh(),
+            nn.ConvTranspose1d(4, 4, 3, stride=2, padding=1, output_padding=1, groups=2),
+            nn.ReLU(),
+            nn.ConvTranspose1d(4, 2, 2, dilation=2),
+        ],
+        nn.MSELoss,
+        _randn(2, 2, 4),
+        _randn(2, 2, 10),
+    ),
+    "transposed-3d-mse-sum": (
+        5,
+        lambda: [
+            nn.ConvTranspose3d(1, 2, 2, stride=(1, 2, 1)),
+            nn.ELU(),
+            nn.Conv3d(2, 1, (1, 2, 2), padding="same"),
+            nn.Flatten(),
+        ],
+        lambda: nn.MSELoss(reduction="sum"),
+        _randn(2, 1, 2, 2, 2),
+        _randn(2, 3 * 4 * 3),
+    ),
+    "unbatched-mse": (
+        6,
+        lambda: [
+            nn.Conv1d(2, 3, 2, padding="same"),
+            nn.Softplus(),
+            nn.ConvTranspose1d(3, 2, 2, stride=2),
+            nn.Flatten(0),
+            nn.Linear(20, 2),
+        ],
+        nn.MSELoss,
+        _randn(2, 5),
+        _randn(2),
+    ),
+}
 
 
-def test_transposed_3d_network_mse_sum():
-    torch.manual_seed(5)
-    layers = [
-        nn.ConvTranspose3d(1, 2, 2, stride=(1, 2, 1)),
-        nn.ELU(),
-        nn.Conv3d(2, 1, (1, 2, 2), padding="same"),
-        nn.Flatten(),
-    ]
-    x = torch.randn(2, 1, 2, 2, 2, dtype=DTYPE)
-    y = torch.randn(2, 3 * 4 * 3, dtype=DTYPE)
-    _whole_network_check(layers, nn.MSELoss(reduction="sum"), x, y)
+def make_network(name: str) -> tuple[list[nn.Module], nn.Module, Tensor, Tensor]:
+    """The layers (float64), loss, input and target of ``NETWORKS[name]``, seeded."""
+    seed, make_layers, make_loss, make_x, make_y = NETWORKS[name]
+    torch.manual_seed(seed)
+    layers = [layer.to(DTYPE) for layer in make_layers()]
+    return layers, make_loss(), make_x(), make_y()
 
 
-def test_unbatched_network_mse():
-    torch.manual_seed(6)
-    layers = [
-        nn.Conv1d(2, 3, 2, padding="same"),
-        nn.Softplus(),
-        nn.ConvTranspose1d(3, 2, 2, stride=2),
-        nn.Flatten(0),
-        nn.Linear(20, 2),
-    ]
-    x = torch.randn(2, 5, dtype=DTYPE)
-    _whole_network_check(layers, nn.MSELoss(), x, torch.randn(2, dtype=DTYPE))
+@pytest.mark.parametrize("name", NETWORKS)
+def test_network_matches_recursion_by_definition(name):
+    _whole_network_check(*make_network(name))
 
 
 @pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])

@@ -45,10 +45,20 @@ def test_every_method_runs_on_a_tiny_mlp():
 
 def test_cnn_runs_with_hesscale():
     config = measure.Config(model="cnn", width=2, depth=1, batch=2)
-    results = measure.measure(
-        config, ["HesScale", "HesScaleGN"], repeats=2, warmup=1, progress=False
-    )
+    methods = ["HesScale (BackPACK)", "HesScaleGN (BackPACK)"]
+    results = measure.measure(config, methods, repeats=2, warmup=1, progress=False)
     assert [r.status for r in results] == ["ok"] * 3
+
+
+def test_gpt_runs_with_the_engine_and_backpack_is_reported_as_skipped():
+    config = measure.Config(model="gpt", width=8, depth=1, batch=2, activation="gelu")
+    methods = ["HesScale", "HesScale (BackPACK)"]
+    results = {
+        r.method: r for r in measure.measure(config, methods, repeats=2, warmup=1, progress=False)
+    }
+    assert results["HesScale"].status == "ok"
+    assert results["HesScale"].median_ms > 0
+    assert results["HesScale (BackPACK)"].status.startswith("skipped")
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,12 +96,12 @@ def test_a_parameter_without_curvature_gets_zeros():
 
 def test_unsupported_operation_raises_before_any_gradient():
     model, (x, _) = mlp(), data()
-    loss = model(x).cumsum(1).sum()
+    loss = model(x).logcumsumexp(1).sum()
     with pytest.raises(UnsupportedOperationError) as error:
         hesscale.backward(loss)
     message = str(error.value)
-    assert "CumsumBackward0" in message
-    assert "SumBackward0 -> CumsumBackward0" in message
+    assert "LogcumsumexpBackward0" in message
+    assert "SumBackward0 -> LogcumsumexpBackward0" in message
     assert "hesscale.supported_operations()" in message
     assert all(p.grad is None for p in model.parameters())
 
@@ -107,7 +109,7 @@ def test_unsupported_operation_raises_before_any_gradient():
 def test_unsupported_operation_shows_the_forward_line_under_anomaly_mode():
     model, (x, _) = mlp(), data()
     with pytest.warns(UserWarning, match="Anomaly"), torch.autograd.detect_anomaly(False):
-        loss = model(x).cumsum(1).sum()
+        loss = model(x).logcumsumexp(1).sum()
     with pytest.raises(UnsupportedOperationError, match="test_engine_api.py"):
         hesscale.backward(loss)
 
@@ -197,7 +199,7 @@ def test_unbatched_input_and_tied_weights():
 def test_supported_operations_lists_families():
     families = hesscale.supported_operations()
     assert "AddmmBackward0" in families["linear_algebra"]
-    assert "CumsumBackward0" not in {n for names in families.values() for n in names}
+    assert "LogcumsumexpBackward0" not in {n for names in families.values() for n in names}
 
 
 def test_diagonals_accumulate_like_gradients_and_restart_after_zero_grad():
@@ -274,3 +276,33 @@ def test_enable_passes_the_seed_gradient_on():
         F.cross_entropy(model(x), y).backward(torch.tensor(3.0))
     for p, h in zip(model.parameters(), expected, strict=True):
         assert_close(p.hesscale, h)
+
+
+def test_activation_checkpointing_gets_a_clear_error():
+    from torch.utils.checkpoint import checkpoint
+
+    model, (x, y) = mlp(), data()
+    x.requires_grad_(True)
+    for reentrant, match in [(False, "checkpointing"), (True, "use_reentrant=True")]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hidden = checkpoint(lambda t: model[1](model[0](t)), x, use_reentrant=reentrant)
+        with pytest.raises(HesScaleError, match=match):
+            hesscale.backward(F.cross_entropy(model[2](hidden), y))
+        model.zero_grad()
+
+
+def test_compiled_regions_are_named_with_what_to_do():
+    from hesscale.engine.graph import OPAQUE_NODES
+
+    assert "model._orig_mod" in OPAQUE_NODES["CompiledFunctionBackward"]
+
+
+@pytest.mark.slow
+def test_a_compiled_model_gets_a_clear_error():
+    model, (x, y) = mlp(), data()
+    compiled = torch.compile(model)
+    with pytest.raises(UnsupportedOperationError, match="torch.compile"):
+        hesscale.backward(F.cross_entropy(compiled(x), y))
+    hesscale.backward(F.cross_entropy(compiled._orig_mod(x), y))
+    assert model[0].weight.hesscale.abs().sum() > 0

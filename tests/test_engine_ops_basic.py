@@ -162,6 +162,9 @@ def test_rule_matches_definition(fn, inputs, grad):
 
 # nodes that no single operation on leaves records, and the test that checks each
 COVERED_ELSEWHERE = {
+    "_DDPSinkBackward": (
+        "test_distributed.py::test_under_ddp[_no_sync_accumulates_and_unused_parameters]"
+    ),
     "BackwardHookFunctionBackward": (
         "test_engine_vs_backpack.py::test_engine_on_an_extended_model_ignores_backpacks_hook_nodes"
     ),

@@ -6,6 +6,8 @@ from backpack import backpack, extend
 from torch import nn
 
 from hesscale import HesScale, HesScaleError, HesScaleGN, UnsupportedModuleError
+from hesscale.internals import saved_quantity_count
+from hesscale.optim import AdaHesScale
 
 
 def backward(model, loss_fn, x, y, extension=None, transform=lambda loss: loss):
@@ -75,7 +77,7 @@ class FunctionalReLU(nn.Module):
 
 
 def test_functional_operation_between_modules():
-    with pytest.raises(HesScaleError, match="not an extended nn.Module"):
+    with pytest.raises(HesScaleError, match="through ReluBackward0: not an extended nn.Module"):
         backward(extend(FunctionalReLU()), extend(nn.CrossEntropyLoss()), X, Y)
 
 
@@ -142,7 +144,7 @@ def test_an_interrupted_backward_leaves_nothing_behind():
         backward(half_extended, loss_fn, X, Y, extension)
     good = extend(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)))
     backward(good, loss_fn, X, Y, extension)
-    assert extension.saved_quantities._saved_quantities == {}
+    assert saved_quantity_count(extension) == 0
     reused = [p.hesscale.clone() for p in good.parameters()]
     backward(good, loss_fn, X, Y, HesScale())
     for p, expected in zip(good.parameters(), reused, strict=True):
@@ -166,3 +168,98 @@ def test_two_losses_in_one_backward_each_start_the_recursion():
         separate.append(trunk.weight.hesscale.clone())
     assert separate[0].abs().sum() > 0 and separate[1].abs().sum() > 0
     torch.testing.assert_close(together, separate[0] + separate[1])
+
+
+def tanh_mlp():
+    torch.manual_seed(2)
+    return extend(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)))
+
+
+def test_loss_not_last_operation_leaves_no_diagonal_behind():
+    """The loss's incoming gradient is checked at the end of the pass (no host sync at its
+    start); the diagonals computed with the wrong gradient are removed."""
+    model = tanh_mlp()
+    with pytest.raises(HesScaleError, match="must be the last operation"):
+        backward(model, extend(nn.CrossEntropyLoss()), X, Y, transform=lambda loss: loss / 4)
+    assert not any(hasattr(p, "hesscale") for p in model.parameters())
+
+
+def test_second_backward_after_retain_graph_names_backpack_retain_graph():
+    """Issue 9: the message blamed a module 'called more than once in one forward pass'."""
+    model, loss_fn = tanh_mlp(), extend(nn.CrossEntropyLoss())
+    loss = loss_fn(model(X), Y)
+    with backpack(HesScale()):
+        loss.backward(retain_graph=True)
+    with pytest.raises(HesScaleError, match=r"backpack\(\.\.\., retain_graph=True\)"):
+        with backpack(HesScale()):
+            loss.backward()
+
+
+def test_second_backward_works_when_backpack_retains_the_graph():
+    model, loss_fn = tanh_mlp(), extend(nn.CrossEntropyLoss())
+    loss = loss_fn(model(X), Y)
+    with backpack(HesScale(), retain_graph=True):
+        loss.backward(retain_graph=True)
+    first = [p.hesscale.clone() for p in model.parameters()]
+    with backpack(HesScale()):
+        loss.backward()
+    for p, expected in zip(model.parameters(), first, strict=True):
+        torch.testing.assert_close(p.hesscale, expected)
+
+
+def test_module_reused_in_one_forward_is_named_also_when_backpack_retains_the_graph():
+    act = nn.Tanh()
+    model = extend(nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 4), act, nn.Linear(4, 2)))
+    loss = extend(nn.CrossEntropyLoss())(model(X), Y)
+    with pytest.raises(HesScaleError, match="more than once"):
+        with backpack(HesScale(), retain_graph=True):
+            loss.backward()
+
+
+@pytest.mark.parametrize("how", ["backward-inputs", "autograd-grad"])
+def test_backward_restricted_to_some_tensors_is_refused(how):
+    """Issue 9: backward(inputs=...) said the parameters were 'not extended'."""
+    model, loss_fn = tanh_mlp(), extend(nn.CrossEntropyLoss())
+    loss = loss_fn(model(X), Y)
+    with pytest.raises(HesScaleError, match=r"inputs=.*does not support"):
+        with backpack(HesScale()):
+            if how == "backward-inputs":
+                loss.backward(inputs=list(model[2].parameters()))
+            else:
+                torch.autograd.grad(loss, list(model[2].parameters()))
+
+
+def test_autograd_grad_of_every_parameter_still_works():
+    model, loss_fn = tanh_mlp(), extend(nn.CrossEntropyLoss())
+    with backpack(HesScale()):
+        torch.autograd.grad(loss_fn(model(X), Y), list(model.parameters()))
+    by_grad = [p.hesscale.clone() for p in model.parameters()]
+    backward(model, loss_fn, X, Y)
+    for p, expected in zip(model.parameters(), by_grad, strict=True):
+        torch.testing.assert_close(p.hesscale, expected)
+
+
+class PermutedCopy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(3, 4), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.first(x).view(-1, 2, 2, 4)
+        return self.second(h.permute(0, 2, 1, 3).reshape(-1, 8))  # permute, then a copy
+
+
+def test_copy_that_reorders_between_modules_names_the_operations():
+    with pytest.raises(HesScaleError, match="PermuteBackward0.*not an extended nn.Module"):
+        backward(extend(PermutedCopy()), extend(nn.MSELoss()), X, torch.randn(2, 2))
+
+
+def test_neither_model_nor_loss_extended_runs_nothing_and_the_optimizer_says_so():
+    """Documented in the README: no hook of hesscale runs, so no error at backward and no field;
+    the optimizers detect the missing field at step()."""
+    model = nn.Sequential(nn.Linear(3, 2))
+    opt = AdaHesScale(model.parameters())
+    backward(model, nn.CrossEntropyLoss(), X, Y, opt.method)
+    assert not hasattr(model[0].weight, "hesscale")
+    with pytest.raises(HesScaleError, match="hesscale"):
+        opt.step()

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from backpack import extend
 
 from hesscale import cli
 from hesscale.experiments.learners import LEARNERS, Learner
@@ -120,7 +119,10 @@ def test_unknown_task_lists_known_tasks():
 # networks and learners ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(NETWORKS))
+CLASSIFIERS = [n for n in NETWORKS if not n.startswith("actor_critic")]  # RL ones: test_rl_*
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_every_network_maps_task_inputs_to_outputs(name):
     shape = (3, 32, 32) if name.startswith("cifar") else (1, 28, 28)
     net = build_network(name, shape, 7)
@@ -148,14 +150,19 @@ def test_network_sizes():
         build_network("resnet", (1, 8, 8), 10)
 
 
+def _shape(name: str) -> tuple[int, ...]:
+    return (1, 28, 28) if name.startswith("mnist") else (3, 32, 32)
+
+
 @pytest.mark.parametrize("name", ["mnist_2c2d", "cifar10_3c3d", "cifar100_allcnnc"])
 def test_deepobs_networks_take_an_adahesscale_step(name):
-    shape = (1, 28, 28) if name.startswith("mnist") else (3, 32, 32)
+    """AdaHesScale's diagonal comes from hesscale.backward: no backpack.extend."""
+    shape = _shape(name)
     torch.manual_seed(0)
     net = build_network(name, shape, 10)
     learner = Learner("adahesscale", net.parameters(), lr=1e-3)
     before = [p.detach().clone() for p in net.parameters()]
-    net, loss_fn = extend(net), extend(torch.nn.CrossEntropyLoss())
+    loss_fn = torch.nn.CrossEntropyLoss()
     learner.step(loss_fn(net(torch.randn(2, *shape)), torch.tensor([1, 2])))
     after = list(net.parameters())
     assert all(torch.isfinite(p).all() for p in after)
@@ -461,3 +468,109 @@ def test_every_mlp_and_3c3d_is_built_in_networks_py():
     assert str(conv_3c3d((3, 32, 32), 10)) == str(deepobs)
     with pytest.raises(ValueError, match="Unknown activation 'swish'"):
         fully_connected((4,), 2, [3], "swish")
+
+
+# resnet18 ---------------------------------------------------------------------------------------
+
+
+def test_resnet18_is_torchvisions_in_its_cifar_form():
+    net = build_network("resnet18", (3, 32, 32), 10)
+    stem = net.conv1
+    assert (stem.in_channels, stem.out_channels, stem.kernel_size) == (3, 64, (3, 3))
+    assert stem.stride == (1, 1) and stem.padding == (1, 1) and stem.bias is None
+    assert isinstance(net.maxpool, torch.nn.Identity) and net.fc.out_features == 10
+    # the CIFAR ResNet-18's published size: 11,173,962 parameters for 10 classes
+    assert sum(p.numel() for p in net.parameters()) == 11_173_962
+    gray = build_network("resnet18", (1, 28, 28), 47)  # channels and classes from the task
+    assert gray.conv1.in_channels == 1 and gray(torch.zeros(2, 1, 28, 28)).shape == (2, 47)
+    with pytest.raises(ValueError, match="needs image inputs"):
+        build_network("resnet18", (64,), 10)
+
+
+def test_resnet18_trains_in_the_run_loop():
+    config = RunConfig("digits", "resnet18", "sgd", 0.01, steps=2, batch_size=4, bin_size=1)
+    log = train(config, progress=False)
+    assert log["status"] == "finished" and all(math.isfinite(v) for v in log["loss"])
+
+
+@pytest.mark.parametrize("learner", ["adahesscale", "adahesscalegn"])
+def test_resnet18_takes_adahesscale_steps_from_hesscale_backward(learner):
+    """Residual additions and BatchNorm in training mode: no chain of modules, no extend."""
+    torch.manual_seed(0)
+    net = build_network("resnet18", (3, 8, 8), 10)
+    before = [p.detach().clone() for p in net.parameters()]
+    opt = Learner(learner, net.parameters(), lr=1e-3)
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([1, 2, 3, 4])
+    opt.step(torch.nn.functional.cross_entropy(net(x), y))
+    assert all(
+        torch.isfinite(p.hesscale if learner == "adahesscale" else p.hesscale_gn).all()
+        for p in net.parameters()
+    )
+    changed = [not torch.equal(a, b) for a, b in zip(net.parameters(), before, strict=True)]
+    assert all(changed)
+
+
+def test_backpack_learners_refuse_networks_that_are_not_chains(capsys, tmp_path):
+    argv = ["run", "--task", "digits", "--network", "resnet18", "--learner", "adaggnmc"]
+    argv += ["--lr", "0.001", "--out", str(tmp_path / "log.json"), "--no-progress"]
+    assert run_cli(*argv) == 2
+    err = capsys.readouterr().err
+    assert "Learner 'adaggnmc' runs BackPACK" in err and "ResNet" in err
+    assert "adahesscale" in err and list(tmp_path.iterdir()) == []
+
+
+# the original study's settings ----------------------------------------------------------------
+
+
+def test_the_original_studys_specs_follow_its_published_settings():
+    specs = sweep_spec.shipped_specs()
+    expected = {
+        "stationary_mnist": ("mnist", None),
+        "input_permuted_mnist": ("mnist-input-permuted", 5000),
+        "label_permuted_emnist": ("emnist-label-permuted", 2500),
+    }
+    for name, (task, change_freq) in expected.items():
+        spec = sweep_spec.load_spec(specs[name])
+        assert spec["task"] == task and spec.get("change_freq") == change_freq, name
+        assert spec["seeds"] == list(range(20)) and spec["steps"] == 1_000_000
+        assert spec["batch_size"] == 1 and spec["network"] == "fc_relu" and "hidden" not in spec
+        assert spec["task_options"] == {"normalize": "symmetric"}
+        assert {"sgd", "adam", "adahesscale", "adahesscalegn"} == set(spec["learners"])
+        for grid in spec["learners"].values():
+            assert grid == {"lr": [0.1, 0.01, 0.001, 0.0001]}, name
+        fine = sweep_spec.load_spec(specs[name + "_fine"])
+        assert {k: v for k, v in fine.items() if k not in ("name", "description", "learners")} == {
+            k: v for k, v in spec.items() if k not in ("name", "description", "learners")
+        }
+        for grid in fine["learners"].values():
+            assert len(grid["lr"]) == 9 and set(grid["lr"]) > {0.1, 0.01, 0.001, 0.0001}
+    widths = [
+        m.out_features
+        for m in build_network("fc_relu", (1, 28, 28), 10)
+        if isinstance(m, torch.nn.Linear)
+    ]
+    assert widths == [300, 150, 10]
+
+
+def _fake_torchvision_data(root: Path, folder: str, prefix: str, n_classes: int) -> None:
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    images = np.zeros((n_classes, 28, 28), dtype=np.uint8)
+    images[:, 0, 0] = 255  # a white pixel in every image, the rest black
+    for split in ("train", "t10k" if folder == "MNIST" else "test"):
+        _write_idx(raw / f"{prefix}{split}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{prefix}{split}-labels-idx1-ubyte", np.arange(n_classes))
+
+
+def test_mnist_and_emnist_inputs_lie_in_minus_one_to_one_and_emnist_has_47_classes(tmp_path):
+    _fake_torchvision_data(tmp_path, "MNIST", "", 10)
+    _fake_torchvision_data(tmp_path, "EMNIST", "emnist-balanced-", 47)
+    mnist = Task("mnist-input-permuted", batch_size=10, data_dir=str(tmp_path))
+    x, _ = mnist.next_batch()
+    assert x.min() == -1 and x.max() == 1 and mnist.change_freq == 5000
+    unit = Task("mnist", batch_size=10, data_dir=str(tmp_path), normalize="unit")
+    assert unit.next_batch()[0].min() == 0  # DeepOBS's [0, 1]
+    emnist = Task("emnist-label-permuted", batch_size=47, data_dir=str(tmp_path))
+    assert emnist.n_outputs == 47 and emnist.change_freq == 2500
+    x, y = emnist.next_batch()
+    assert sorted(y.tolist()) == list(range(47)) and x.min() == -1 and x.max() == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,21 @@ def test_same_results_compares_seed_by_seed():
     assert config([[1.0], [2.0]]).same_results(config([[1.0], [2.0]]))
     assert not config([[1.0], [2.0]]).same_results(config([[2.0], [1.0]]))
     assert not config([[1.0]]).same_results(config([[1.0], [2.0]]))
+
+
+def test_task_and_network_options_tell_runs_apart_and_logs_without_them_pool(tmp_path):
+    for seed, options in ((0, None), (1, {})):  # a log from before options, and one after
+        write_log(tmp_path / "a", "sgd", 0.1, seed, 50, [2.0, 1.0])
+        if options is not None:
+            path = run_path(tmp_path / "a", "sgd", {"lr": 0.1}, seed)
+            log = json.loads(path.read_text())
+            log["config"] |= {"task_options": options, "network_options": options}
+            write_json_atomic(path, log)
+    write_log(tmp_path / "b", "sgd", 0.1, 0, 50, [2.0, 1.0])
+    path = run_path(tmp_path / "b", "sgd", {"lr": 0.1}, 0)
+    log = json.loads(path.read_text())
+    log["config"]["network_options"] = {"width": 8}
+    write_json_atomic(path, log)
+    groups = collect(tmp_path)
+    sizes = sorted(len(learners["sgd"][0].logs) for learners in groups.values())
+    assert sizes == [1, 2]  # the two seeds of "a" pool; "b" has another network option

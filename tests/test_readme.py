@@ -31,7 +31,7 @@ def test_readme_commands_match_ci():
 def readme_supported_modules() -> set[str]:
     """The nn.Module names the README's "Supported" list names (``Conv1d/2d/3d`` is three)."""
     text = README.read_text()
-    section = text[text.index("**Supported**") : text.index("HesScaleGN keeps LogSoftmax")]
+    section = text[text.index("**Supported**") : text.index("Every entry of HesScaleGN")]
     names = set()
     for base, dims in re.findall(
         r"\b([A-Z][A-Za-z]*?)([123]d(?:/[123]d)*)?(?![A-Za-z0-9])", section
@@ -47,3 +47,23 @@ def test_readme_lists_exactly_the_supported_modules():
     readme, registry = readme_supported_modules(), set(hesscale.supported_modules())
     assert readme - registry == set(), "the README lists modules without a rule"
     assert registry - readme == set(), "the README does not list these supported modules"
+
+
+def test_readme_user_layer_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (code,) = [block for block in blocks if "set_module_extension" in block]
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    scale = namespace["model"][1].weight
+    assert scale.hesscale.shape == scale.shape and scale.hesscale.abs().sum() > 0
+
+
+def test_readme_lists_exactly_the_supported_operations():
+    from hesscale.engine.registry import supported_operations_markdown
+
+    text = README.read_text()
+    start, end = "<!-- operations:start -->\n", "\n<!-- operations:end -->"
+    listed = text[text.index(start) + len(start) : text.index(end)]
+    assert listed == supported_operations_markdown(), (
+        "README's operation list is stale: regenerate it with supported_operations_markdown()"
+    )

@@ -33,12 +33,12 @@ def test_the_library_never_imports_the_rl_extra_and_rl_without_it_names_the_extr
     done = python(
         "import sys, hesscale, hesscale.optim, hesscale.engine, hesscale.experiments.run, "
         "hesscale.experiments.sweep.plan, hesscale.experiments.plot, "
-        "hesscale.experiments.rl.setup, hesscale.experiments.rl.algorithms\n"
+        "hesscale.experiments.rl.task, hesscale.experiments.rl.algorithms\n"
         f"print(sorted(m for m in {RL_PACKAGES!r} if m in sys.modules))\n"
         "sys.modules['gymnasium'] = None  # as if not installed\n"
         "from hesscale.cli import main\n"
-        "sys.exit(main(['run', '--task', 'rl:Pendulum-v1', '--network', 'tanh_separate',"
-        " '--algo', 'ppo', '--learner', 'adam', '--lr', '0.001', '--steps', '4096']))"
+        "sys.exit(main(['run', '--task', 'rl:Pendulum-v1', '--network', 'actor_critic_tanh',"
+        " '--learner', 'adam', '--lr', '0.001', '--steps', '4096']))"
     )
     assert done.stdout.strip() == "[]", done.stderr
     assert done.returncode == 2

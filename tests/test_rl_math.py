@@ -17,7 +17,7 @@ from hesscale.experiments.rl.losses import (
     gaussian_log_prob,
     ppo_loss,
 )
-from hesscale.experiments.rl.policy import build_policy
+from hesscale.experiments.rl.policy import actor_critic
 from hesscale.experiments.rl.returns import gae, n_step_returns
 
 # A rollout of 5 transitions: an episode truncated by a time limit after t=1 (bootstraps from
@@ -186,14 +186,14 @@ def test_ppo_loss_diagonal_at_the_outputs_exact_for_mean_and_value():
     assert (f2 != 0).any() and (f2 == 0).any()  # both regimes are tested
 
 
-@pytest.mark.parametrize("network", ["tanh_separate", "tanh_shared"])
-def test_ppo_loss_through_the_policy_network_matches_the_graph_definition(network, float64):
+@pytest.mark.parametrize("shared", [False, True])
+def test_ppo_loss_through_the_policy_network_matches_the_graph_definition(shared, float64):
     """hesscale.backward (HesScale and HesScaleGN with the outputs named) on a policy network
     and PPO's loss equals the HesScale definition evaluated operation by operation."""
     from tests.engine_checks import check_graph
 
     torch.manual_seed(0)
-    policy = build_policy(network, 3, 2, hidden=[4, 4]).double()
+    policy = actor_critic((3,), 5, (4, 4), "tanh", shared).double()
     params = {k: v.detach() for k, v in policy.named_parameters()}
     obs = torch.randn(5, 3)
     _, _, _, actions, old, advantages, returns = _ppo_batch(n=5)
@@ -207,8 +207,8 @@ def test_ppo_loss_through_the_policy_network_matches_the_graph_definition(networ
 
 def test_policy_networks_shapes_groups_and_initial_policy():
     torch.manual_seed(0)
-    separate = build_policy("tanh_separate", 5, 2)
-    shared = build_policy("relu_shared", 5, 2, hidden=[8])
+    separate = actor_critic((5,), 5)
+    shared = actor_critic((5,), 5, hidden=(8,), activation="relu", shared=True)
     obs = torch.randn(4, 5)
     for policy, groups in ((separate, 2), (shared, 1)):
         mean, log_std, value = policy(obs)
@@ -220,8 +220,10 @@ def test_policy_networks_shapes_groups_and_initial_policy():
     assert [layer.out_features for layer in hidden] == [64, 64, 4]  # tanh 64x2 by default
     mean, log_std, _ = separate(obs)
     assert mean.abs().max() < 0.1 and log_std.abs().max() < 0.1  # close to N(0, 1)
-    with pytest.raises(ValueError, match="Known: tanh_separate"):
-        build_policy("fc_tanh", 5, 2)
+    with pytest.raises(ValueError, match="2 x action dimension"):
+        actor_critic((5,), 4)  # an even number of outputs: no (mean, log_std, value) split
+    with pytest.raises(ValueError, match="flat observations"):
+        actor_critic((1, 8, 8), 5)
 
 
 def test_losses_are_finite_numbers_with_their_terms():

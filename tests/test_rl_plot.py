@@ -16,11 +16,11 @@ def log(learner, lr, seed, returns, status="finished"):
     return {
         "status": status,
         "task": {"name": "rl:Fake-v0"},
-        "network": "tanh_separate",
+        "network": "actor_critic_tanh",
         "learner": learner,
         "hyperparameters": {"lr": lr},
         "seed": seed,
-        "config": {"steps": 40, "bin_size": 10, "algo": "ppo", "algo_options": {}},
+        "config": {"steps": 40, "bin_size": 10, "task_options": {"algo": "ppo"}},
         "bin_ends": list(range(1, len(returns) + 1)),
         "env_steps_per_step": 10,
         "return": returns,
@@ -62,7 +62,7 @@ def test_best_has_the_highest_average_return_and_a_diverged_seed_disqualifies(tm
 
     written = plot_all(tmp_path)
     names = {p.name for p in written}
-    assert {"returns_rl_Fake-v0_tanh_separate.png", "summary.md"} <= names
+    assert {"returns_rl_Fake-v0_actor_critic_tanh.png", "summary.md"} <= names
     assert all(p.is_file() for p in written)
     table = (tmp_path / "plots" / "summary.md").read_text()
     assert table.index("| adam |") < table.index("| sgd |")  # best first

@@ -13,10 +13,11 @@ import torch
 
 pytest.importorskip("gymnasium")
 
+from hesscale.errors import ComponentError  # noqa: E402
 from hesscale.experiments.rl.envs import Environment  # noqa: E402
-from hesscale.experiments.rl.policy import build_policy  # noqa: E402
+from hesscale.experiments.rl.policy import actor_critic  # noqa: E402
 from hesscale.experiments.rl.rollout import collect  # noqa: E402
-from hesscale.experiments.run import RunConfig, run_and_log, train  # noqa: E402
+from hesscale.experiments.run import RunConfig, build_trainer, run_and_log, train  # noqa: E402
 from hesscale.experiments.trainer import StopFlag  # noqa: E402
 
 TINY_PPO = {"rollout_steps": 64, "minibatches": 2, "epochs": 2}
@@ -25,21 +26,20 @@ TINY_PPO = {"rollout_steps": 64, "minibatches": 2, "epochs": 2}
 def config(**changes) -> RunConfig:
     settings = dict(
         task="rl:Pendulum-v1",
-        network="tanh_separate",
+        network="actor_critic_tanh",
         learner="adahesscale",
         lr=1e-3,
         steps=256,
         bin_size=128,
         hidden=[8, 8],
-        algo="ppo",
-        algo_options=dict(TINY_PPO),
+        task_options=dict(TINY_PPO),
     )
     return RunConfig(**{**settings, **changes})
 
 
 def test_environment_logs_episodes_bootstraps_time_limits_and_normalises():
     env = Environment("Pendulum-v1", seed=0, gamma=0.99)
-    policy = build_policy("tanh_separate", env.obs_dim, env.act_dim, hidden=[8])
+    policy = actor_critic((env.obs_dim,), 2 * env.act_dim + 1, hidden=(8,))
     torch.manual_seed(0)
     rollout = collect(env, policy, 250)  # Pendulum's episodes are truncated at 200 steps
     assert env.episodes["env_steps"] == [200] and env.episodes["length"] == [200]
@@ -91,23 +91,25 @@ def _saved(state):
     return buffer
 
 
-def test_unknown_or_discrete_environments_are_refused_with_their_reason():
-    with pytest.raises(ValueError, match="No gymnasium environment 'Nope-v0'"):
-        config(task="rl:Nope-v0").validate()
-    with pytest.raises(ValueError, match="continuous actions"):
-        config(task="rl:CartPole-v1").validate()
+def test_unknown_or_discrete_environments_fail_the_run_with_their_reason(tmp_path):
+    for task, reason in (
+        ("rl:Nope-v0", "No gymnasium environment 'Nope-v0'"),
+        ("rl:CartPole-v1", "continuous actions"),
+    ):
+        log = run_and_log(config(task=task), tmp_path / "log.json", progress=False, force=True)
+        assert log["status"] == "failed" and reason in log["message"]
 
 
 @pytest.mark.parametrize(
     ("learner", "hyperparameters", "algo", "network"),
     [
-        ("adam", {}, "ppo", "tanh_separate"),
-        ("adahesscale", {}, "ppo", "tanh_shared"),
-        ("adahesscale", {"delta": 1e-8}, "ppo", "tanh_separate"),
-        ("adahesscalegn", {}, "ppo", "tanh_separate"),
-        ("adahessian", {}, "ppo", "relu_separate"),
-        ("sgd", {}, "a2c", "tanh_separate"),
-        ("adahesscale", {}, "a2c", "tanh_shared"),
+        ("adam", {}, "ppo", "actor_critic_tanh"),
+        ("adahesscale", {}, "ppo", "actor_critic_tanh_shared"),
+        ("adahesscale", {"delta": 1e-8}, "ppo", "actor_critic_tanh"),
+        ("adahesscalegn", {}, "ppo", "actor_critic_tanh"),
+        ("adahessian", {}, "ppo", "actor_critic_relu"),
+        ("sgd", {}, "a2c", "actor_critic_tanh"),
+        ("adahesscale", {}, "a2c", "actor_critic_relu_shared"),
     ],
 )
 def test_every_learner_trains_each_algorithm(learner, hyperparameters, algo, network):
@@ -115,9 +117,8 @@ def test_every_learner_trains_each_algorithm(learner, hyperparameters, algo, net
     run = config(
         learner=learner,
         hyperparameters=hyperparameters,
-        algo=algo,
         network=network,
-        algo_options=options,
+        task_options={"algo": algo, **options},
     )
     torch.manual_seed(0)
     log = train(run, progress=False)
@@ -125,29 +126,27 @@ def test_every_learner_trains_each_algorithm(learner, hyperparameters, algo, net
     per_step = options["rollout_steps"]
     assert log["env_steps_per_step"] == per_step and log["steps_done"] == 256 // per_step
     assert log["episodes"]["env_steps"] == [200] and len(log["episodes"]["return"]) == 1
-    assert log["learner"] == learner and log["algo"] == algo
+    assert log["learner"] == learner and log["task"]["algo"] == algo
     assert all(v is not None for v in log["value_loss"])
 
 
 def test_hesscale_learners_step_with_the_diagonal_of_the_loss(monkeypatch):
     """The RL update calls hesscale.backward on the loss (for HesScaleGN with the network's
     three outputs), and the optimizer's curvature average holds the squared diagonal."""
-    import hesscale.experiments.rl.update as update_module
+    import hesscale
 
     calls = []
-    real = update_module.hesscale.backward
+    real = hesscale.backward
 
     def spy(loss, gn=False, output=None):
         calls.append((gn, None if output is None else len(output)))
         real(loss, gn=gn, output=output)
 
-    monkeypatch.setattr(update_module.hesscale, "backward", spy)
+    monkeypatch.setattr(hesscale, "backward", spy)
     for learner, expected in (("adahesscale", (False, None)), ("adahesscalegn", (True, 3))):
         calls.clear()
-        run = config(learner=learner, steps=64, algo_options={**TINY_PPO, "epochs": 1})
-        trainer = __import__("hesscale.experiments.rl.setup", fromlist=["rl_trainer"]).rl_trainer(
-            run, progress=False
-        )
+        run = config(learner=learner, steps=64, task_options={**TINY_PPO, "epochs": 1})
+        trainer = build_trainer(run, progress=False)
         trainer.run()
         assert calls == [expected] * 2  # 1 epoch x 2 mini-batches
         optimizer = trainer.stepper.learner.optimizer
@@ -157,27 +156,30 @@ def test_hesscale_learners_step_with_the_diagonal_of_the_loss(monkeypatch):
 
 
 def test_bad_rl_settings_name_what_is_wrong():
-    with pytest.raises(ValueError, match="needs --algo"):
-        config(algo=None).validate()
+    """Option values are refused before anything runs; what needs the built network and
+    learner (their kinds, a step count below one rollout) when the run is built."""
+    with pytest.raises(ValueError, match="algo='dqn'"):
+        config(task_options={"algo": "dqn"}).validate()
     with pytest.raises(ValueError, match="has no option 'lambda'"):
-        config(algo_options={"lambda": 0.9}).validate()
+        config(task_options={"lambda": 0.9}).validate()
     with pytest.raises(ValueError, match="invalid gamma=1.5"):
-        config(algo_options={"gamma": 1.5}).validate()
-    with pytest.raises(ValueError, match="at least one rollout"):
-        config(steps=10).validate()
+        config(task_options={"gamma": 1.5}).validate()
     with pytest.raises(ValueError, match="two transitions per mini-batch"):
-        config(algo_options={"rollout_steps": 8, "minibatches": 8}).validate()
-    with pytest.raises(ValueError, match="BackPACK-extended"):
-        config(learner="adaggnmc").validate()
+        config(task_options={"rollout_steps": 8, "minibatches": 8}).validate()
+    with pytest.raises(ValueError, match=r"less than one step .* \(64 environment steps\)"):
+        build_trainer(config(steps=10), progress=False)
+    with pytest.raises(ValueError, match="runs BackPACK"):
+        build_trainer(config(learner="adaggnmc"), progress=False)
     with pytest.raises(ValueError, match="cannot be clipped"):
-        config(learner="adahessian", algo_options={**TINY_PPO, "max_grad_norm": 0.5}).validate()
-    with pytest.raises(ValueError, match="apply to RL tasks"):
-        RunConfig("digits", "fc_tanh_small", "adam", 1e-3, algo="ppo").validate()
+        run = config(learner="adahessian", task_options={**TINY_PPO, "max_grad_norm": 0.5})
+        build_trainer(run, progress=False)
+    with pytest.raises(ComponentError, match="actor-critic network"):
+        build_trainer(config(network="fc_tanh_small", hidden=None), progress=False)
 
 
 def test_gradient_clipping_runs_for_first_and_second_order_learners():
     for learner in ("adam", "adahesscale"):
-        run = config(learner=learner, steps=64, algo_options={**TINY_PPO, "max_grad_norm": 0.5})
+        run = config(learner=learner, steps=64, task_options={**TINY_PPO, "max_grad_norm": 0.5})
         assert train(run, progress=False)["status"] == "finished"
 
 
@@ -253,8 +255,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_command_line_run_plot_and_bad_settings(tmp_path):
-    common = ["--task", "rl:Pendulum-v1", "--network", "tanh_separate", "--algo", "ppo"]
-    common += ["--algo-opt", "rollout_steps=64", "--algo-opt", "minibatches=2", "--steps", "256"]
+    common = ["--task", "rl:Pendulum-v1", "--network", "actor_critic_tanh", "--steps", "256"]
+    common += ["--task-opt", "rollout_steps=64", "--task-opt", "minibatches=2"]
     common += ["--hidden", "8,8", "--no-progress", "--threads", "1"]
     for learner, lr in (("adam", "0.001"), ("adahesscale", "0.001"), ("adahesscale", "0.01")):
         for seed in ("0", "1"):
@@ -266,58 +268,63 @@ def test_command_line_run_plot_and_bad_settings(tmp_path):
     plotted = run_cli("plot", str(tmp_path / "logs"))
     assert plotted.returncode == 0, plotted.stderr
     plots = tmp_path / "logs" / "plots"
-    assert (plots / "returns_rl_Pendulum-v1_tanh_separate.png").is_file()
-    assert (plots / "sensitivity_rl_Pendulum-v1_tanh_separate.png").is_file()
+    assert (plots / "returns_rl_Pendulum-v1_actor_critic_tanh.png").is_file()
+    assert (plots / "sensitivity_rl_Pendulum-v1_actor_critic_tanh.png").is_file()
     summary = (plots / "summary.md").read_text()
     assert "| adahesscale |" in summary and "average return" in summary
 
-    bad = run_cli("run", *common, "--learner", "adam", "--lr", "0.001", "--algo-opt", "clip=-1")
+    bad = run_cli("run", *common, "--learner", "adam", "--lr", "0.001", "--task-opt", "clip=-1")
     assert bad.returncode == 2 and "invalid clip=-1" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_a_sweep_spec_plans_rl_runs_with_algorithm_options_and_learner_labels(tmp_path):
+def test_a_sweep_spec_plans_rl_runs_with_task_options_and_learner_labels(tmp_path):
     from hesscale.experiments.sweep.plan import check_runs, count_runs, parse_command, plan
     from hesscale.experiments.sweep.spec import load_spec
 
     spec_path = tmp_path / "rl.toml"
     spec_path.write_text(
-        'task = "rl:Pendulum-v1"\nnetwork = "tanh_shared"\nalgo = "ppo"\nsteps = 256\n'
+        'task = "rl:Pendulum-v1"\nnetwork = "actor_critic_tanh_shared"\nsteps = 256\n'
         "seeds = 2\nhidden = [8]\n"
-        "[algo_options]\nrollout_steps = 64\nminibatches = 2\ngamma = 0.95\n"
+        'task_options = { algo = "ppo", rollout_steps = 64, minibatches = 2, gamma = 0.95 }\n'
         "[learners.adam]\nlr = [1e-3, 1e-2]\n"
         '[learners.adahesscale_scaled]\nlearner = "adahesscale"\nlr = 0.1\ndelta = 1e-8\n'
     )
     assert count_runs(spec_path) == 6
     runs = plan(load_spec(spec_path), tmp_path / "out")
-    check_runs(runs)  # every configuration's settings are valid
-    scaled = runs["adahesscale_scaled"][0]
-    config, out = parse_command(scaled.argv)
-    assert config.learner == "adahesscale" and config.label == "adahesscale_scaled"
-    assert config.algo == "ppo" and config.hyperparameters == {"delta": 1e-8}
-    assert config.algo_options == {"rollout_steps": 64, "minibatches": 2, "gamma": 0.95}
+    check_runs(runs)  # every configuration's settings are valid (and a trial build works)
+    config, out = parse_command(runs["adahesscale_scaled"][0].argv)
+    assert config.learner == "adahesscale_scaled=adahesscale"
+    assert config.hyperparameters == {"delta": 1e-8}
+    assert config.task_options == {
+        "algo": "ppo",
+        "rollout_steps": 64,
+        "minibatches": 2,
+        "gamma": 0.95,
+    }
     assert "/adahesscale_scaled/" in out
     log = run_and_log(config, out, progress=False)
-    assert log["learner"] == "adahesscale_scaled" and log["optimizer"] == "adahesscale"
-    assert log["algo_options"]["gamma"] == 0.95 and log["algo_options"]["epochs"] == 10
+    assert log["learner"] == "adahesscale_scaled" and log["components"]["learner"] == "adahesscale"
+    assert log["task"]["algo_options"]["gamma"] == 0.95
+    assert log["task"]["algo_options"]["epochs"] == 10  # the defaults fill the rest
 
 
 def test_shipped_rl_specs_are_valid():
-    from hesscale.experiments.sweep.plan import plan
+    from hesscale.experiments.sweep.plan import parse_command, plan
     from hesscale.experiments.sweep.spec import find_spec, load_spec, shipped_specs
 
     names = [n for n in shipped_specs() if n.startswith(("rl_", "paper_"))]
-    assert {"rl_pendulum", "rl_pendulum_small", "paper_ppo_hopper", "paper_a2c_hopper"} <= set(
-        names
-    )
+    expected = {"rl_pendulum", "rl_inverted_pendulum", "rl_pendulum_small", "paper_ppo_hopper"}
+    assert expected <= set(names)
     for name in names:
         spec = load_spec(find_spec(name))
         runs = plan(spec, __import__("pathlib").Path("/nonexistent"))
-        assert all(
-            r.argv[r.argv.index("--algo") + 1] in ("ppo", "a2c") for rs in runs.values() for r in rs
-        )
+        config = parse_command(next(iter(runs.values()))[0].argv)[0]
+        config.validate()
+        assert config.task.startswith("rl:") and config.network == "actor_critic_tanh"
+        assert config.task_options["algo"] in ("ppo", "a2c")
         if name.startswith("paper_"):
             assert set(runs) == {
                 "adam", "adahessian", "adahesscale", "adahesscale_scaled", "adahesscalegn",
                 "adahesscalegn_scaled",
             }  # fmt: skip
-            assert spec["seeds"] == list(range(10))
+            assert spec["seeds"] == list(range(10)) and config.steps == 1_000_000

@@ -1,17 +1,8 @@
 """hesscale: Hessian and Gauss-Newton diagonals for PyTorch networks (HesScale)."""
 
 import importlib
-import warnings
 
 from hesscale.errors import HesScaleError, UnsupportedModuleError, UnsupportedOperationError
-
-# torch warns at every backward through BackPACK's hooks on a first layer whose input needs no
-# gradient, which is every network. It is harmless there: hide that one message.
-warnings.filterwarnings(
-    "ignore",
-    message="Full backward hook is firing when gradients are computed with respect to module",
-    category=UserWarning,
-)
 
 __version__ = "0.1.0"  # the one source of the version (pyproject.toml reads it)
 

@@ -23,6 +23,7 @@ examples:
   hesscale run --task digits --network fc_tanh_small --learner adahesscale --lr 0.003
   hesscale sweep --list           the shipped sweeps, with their number of runs
   hesscale sweep digits_small --jobs 2 && hesscale plot results/digits_small
+  hesscale run --task digits --network my_nets.py:net --learner torch.optim:RMSprop --lr 0.01
   hesscale cost --model mlp       time and memory of each method vs. plain backprop
 
 Run `hesscale COMMAND --help` for the options of one command."""

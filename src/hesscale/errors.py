@@ -7,6 +7,12 @@ class HesScaleError(RuntimeError):
     """A model, loss or call that HesScale cannot handle correctly."""
 
 
+class ComponentError(ValueError):
+    """An experiment's task, network or learner that cannot be used as named: an import path
+    that does not import, a missing attribute, an object of the wrong kind, a factory with the
+    wrong signature or one that builds the wrong kind of object."""
+
+
 class UnsupportedModuleError(HesScaleError, NotImplementedError):
     """A module type (or configuration) without a HesScale rule."""
 

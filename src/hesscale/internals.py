@@ -1,14 +1,17 @@
-"""Every use of torch's private or debugging-only API in hesscale, in one place.
+"""Every use of torch's (and BackPACK's) private or debugging-only API in hesscale, in one place.
 
-PyTorch documents none of these as stable. Each has a test in ``tests/test_internals.py`` that
-fails loudly when a torch release renames or changes it; fix it here and nowhere else.
+PyTorch and BackPACK document none of these as stable. Each has a test in
+``tests/test_internals.py`` that fails loudly when a release renames or changes it; fix it here
+and nowhere else.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 Node = torch.autograd.graph.Node
 
@@ -58,6 +61,18 @@ def apply_backward(node: Node, *grads_out: torch.Tensor | None) -> tuple:
     return result if isinstance(result, tuple) else (result,)
 
 
+def wrapped_node(node: Node) -> Node | None:
+    """The node of the in-place operation a ``CopySlices`` node wraps (``_wrapped_node``): an
+    in-place operation on a view records CopySlices on the view's base, which runs the wrapped
+    node's backward formula on the view's part of the gradient. None for other nodes."""
+    return getattr(node, "_wrapped_node", None)
+
+
+def output_dtype(node: Node, index: int) -> torch.dtype:
+    """The dtype of forward output ``index`` of ``node`` (``_input_metadata``)."""
+    return node._input_metadata[index].dtype
+
+
 def output_shape(node: Node, index: int) -> tuple[int, ...]:
     """The shape of forward output ``index`` of ``node`` (the tensor its gradient has),
     from autograd's ``_input_metadata`` (a node's inputs are the forward outputs)."""
@@ -69,3 +84,103 @@ def grad_stamp(grad: torch.Tensor) -> tuple[int, int]:
     counter (``Tensor._version``), which every in-place change (accumulation, ``zero_()``)
     increments."""
     return id(grad), grad._version
+
+
+# DistributedDataParallel -------------------------------------------------------------------
+
+
+def ddp_syncs_this_backward(ddp: torch.nn.Module) -> bool:
+    """Whether DDP all-reduces the gradients in the backward pass of its last forward: DDP
+    decides in the forward (False inside ``no_sync()``) and records it in
+    ``require_forward_param_sync``."""
+    return bool(ddp.require_forward_param_sync)
+
+
+def ddp_parameters(ddp: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters DDP averages: those of ``ddp.module`` that require grad, minus
+    ``parameters_to_ignore`` (fully qualified names)."""
+    ignored = set(ddp.parameters_to_ignore)
+    return [
+        p for name, p in ddp.module.named_parameters() if p.requires_grad and name not in ignored
+    ]
+
+
+def ddp_process_group(ddp: torch.nn.Module):
+    return ddp.process_group
+
+
+# torch.amp.GradScaler ------------------------------------------------------------------------
+
+
+def unscale_through(scaler, optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """For an optimizer whose ``step`` takes ``grad_scaler`` (GradScaler passes itself to
+    optimizers with ``_step_supports_amp_scaling``): unscale its gradients through the scaler
+    unless ``scaler.unscale_(optimizer)`` already did, and return (1 / scale, the number of
+    non-finite gradients found), from the scaler's private per-optimizer state."""
+    from torch.amp.grad_scaler import OptState
+
+    state = scaler._per_optimizer_states[id(optimizer)]
+    if state["stage"] is OptState.READY:
+        scaler.unscale_(optimizer)
+    inv_scale = scaler._scale.double().reciprocal().float()
+    found_inf = sum(v.to(inv_scale.device) for v in state["found_inf_per_device"].values())
+    return inv_scale, found_inf
+
+
+# --- the autograd engine (used by the BackPACK adaptor's per-pass bookkeeping) --------------
+
+
+def current_graph_task_id() -> int:
+    """An id of the backward pass being run (-1 outside one): tells passes apart."""
+    return torch._C._current_graph_task_id()
+
+
+def queue_engine_callback(callback: Callable[[], None]) -> None:
+    """Run ``callback`` when the current backward pass ends (only if it ends without error);
+    an exception it raises comes out of ``backward()``."""
+    torch.autograd.Variable._execution_engine.queue_callback(callback)
+
+
+def will_engine_execute(node: Node) -> bool:
+    """Whether the current backward pass will run ``node`` (False for the nodes that
+    ``backward(inputs=...)`` or ``torch.autograd.grad`` leave out). Not for leaves' nodes."""
+    return torch._C._will_engine_execute_node(node)
+
+
+# Graph nodes that module hooks and shape-only operations record (node.name()).
+BACKWARD_HOOK_NODE = "BackwardHookFunctionBackward"  # a full backward hook's identity node
+# reshape / view / contiguous: the entries in the same (logical, row-major) order
+ORDER_PRESERVING_NODES = frozenset(
+    {"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "CloneBackward0"}
+)
+
+
+# --- BackPACK --------------------------------------------------------------------------------
+
+
+def clear_saved_quantities(extension: Any) -> None:
+    """Drop every quantity a BackPACK extension holds between modules (its SavedQuantities
+    keeps them in a private dict)."""
+    extension.saved_quantities._saved_quantities.clear()
+
+
+def saved_quantity_count(extension: Any) -> int:
+    return len(extension.saved_quantities._saved_quantities)
+
+
+# --- ATen kernels without a public Python API ------------------------------------------------
+
+
+def adaptive_avg_pool_backward(grad: Tensor, x: Tensor, spatial_dims: int) -> Tensor:
+    """The vector-Jacobian product of adaptive average pooling over the last ``spatial_dims``
+    (2 or 3) dims of ``x``: ``grad`` spread evenly over each window (ATen's own kernel)."""
+    kernel = {
+        2: torch.ops.aten._adaptive_avg_pool2d_backward,
+        3: torch.ops.aten._adaptive_avg_pool3d_backward,
+    }[spatial_dims]
+    return kernel(grad, x)
+
+
+def output_count(node: Node) -> int:
+    """How many forward outputs ``node`` has (the gradients its backward formula takes)."""
+    return len(node._input_metadata)

@@ -11,17 +11,20 @@ producer receives. Diagonals live exactly as long as the gradients do.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Literal
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
+from hesscale.engine import distributed
 from hesscale.engine import graph as graphs
 from hesscale.engine.call import NodeCall
 from hesscale.engine.registry import RULES
 from hesscale.errors import HesScaleError
-from hesscale.internals import grad_stamp
+from hesscale.hook_warning import hook_warning_hidden
+from hesscale.internals import apply_backward, grad_stamp
 
 Node = torch.autograd.graph.Node
 Variant = Literal["hesscale", "hesscale_gn"]
@@ -86,35 +89,61 @@ class DiagonalBackward:
             {id(leaf) for leaf in self.graph.leaves.values() if _continues(leaf, variant)}
             for variant in self.variants
         ]
-        handles = [node.register_hook(self._hook_for(node)) for node in self.graph.edges]
+        # reshuffles run in their consumers' hooks; not with inputs=, where autograd may skip
+        # a reshuffle whose input needs no gradient for these inputs
+        self.reshuffles = self.graph.reshuffles if inputs is None else {}
+        handles = [
+            node.register_hook(self._hook_for(node))
+            for node in self.graph.edges
+            if node not in self.reshuffles
+        ]
+        hooks_warn = hook_warning_hidden() if self.graph.has_module_hooks else nullcontext()
         try:
-            autograd_backward(self.loss, gradient, retain_graph, inputs=inputs)
+            with hooks_warn:  # an extended (BackPACK) model: torch's first-layer hook warning
+                autograd_backward(self.loss, gradient, retain_graph, inputs=inputs)
         finally:
             for handle in handles:
                 handle.remove()
         self._write_leaves()
+        if distributed.active():
+            distributed.average_over_ranks(self.graph.leaves.values(), self.variants)
 
     # the per-node step ---------------------------------------------------------------------
 
     def _hook_for(self, node: Node):
-        rule = RULES[node.name()].rule
+        rule = self.graph.rules[node]
         edges = self.graph.edges[node]
-        leaves = self.graph.leaves
-        second_order = [
-            variant == "hesscale" or node not in self.network for variant in self.variants
+        leaves, reshuffles = self.graph.leaves, self.reshuffles
+        variants = [
+            (pending, variant == "hesscale" or node not in self.network, v)
+            for v, (variant, pending) in enumerate(zip(self.variants, self.pending, strict=True))
         ]
 
         def hook(grad_inputs: tuple, grad_outputs: tuple) -> None:
-            for v, pending in enumerate(self.pending):
-                h_out = tuple(pending.pop((node, j), None) for j in range(len(grad_outputs)))
-                h_in = _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order[v])
+            n_out = len(grad_outputs)
+            for pending, second_order, v in variants:
+                if n_out == 1:
+                    h_out = (pending.pop((node, 0), None),)
+                else:
+                    h_out = tuple(pending.pop((node, j), None) for j in range(n_out))
+                h_in = _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order)
                 for (child, nr), h, grad in zip(edges, h_in, grad_inputs, strict=True):
-                    if child is None or grad is None:
+                    if grad is None or child is None:
+                        continue
+                    while child in reshuffles:  # views etc.: h_x = J^T h_z right away
+                        if h is not None:
+                            h = apply_backward(child, h)[0]
+                        child, nr = reshuffles[child]
+                        if child is None:
+                            break
+                    if child is None:
                         continue
                     if child in leaves:
                         self._add_to_leaf(v, leaves[child], h)
                     elif h is not None:
-                        pending[(child, nr)] = _add(pending.get((child, nr)), h)
+                        key = (child, nr)
+                        previous = pending.get(key)
+                        pending[key] = h if previous is None else previous + h
 
         return hook
 
@@ -151,18 +180,25 @@ def _continues(leaf: Tensor, variant: str) -> bool:
 
 def _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order: bool) -> list:
     """Run ``rule`` on one node: one diagonal per input, in the input's shape (None: zero, or
-    no diagonal needed)."""
+    no diagonal needed). Grad mode is off, as it is in autograd's backward pass (without
+    create_graph), where the hooks run."""
     call = NodeCall(node, h_out, grad_outputs, grad_inputs, second_order)
-    with torch.no_grad():
+    try:
         h_in = rule(call)
-    results = []
-    for h, grad in zip(h_in, grad_inputs, strict=True):
-        if h is None or grad is None:
-            results.append(None)
+    except torch.utils.checkpoint.CheckpointError as error:
+        raise HesScaleError(
+            f"{node.name()} saved its tensors under activation checkpointing "
+            "(torch.utils.checkpoint), which lets each be read only once, by autograd; HesScale "
+            "needs them too. Run that part of the model without checkpointing."
+        ) from error
+    results = list(h_in)
+    for i, (h, grad) in enumerate(zip(results, grad_inputs, strict=True)):
+        if h is None:
+            continue
+        if grad is None:
+            results[i] = None
         elif h.shape != grad.shape:
-            results.append(h.sum_to_size(grad.shape))  # a broadcast input sums its copies
-        else:
-            results.append(h)
+            results[i] = h.sum_to_size(grad.shape)  # a broadcast input sums its copies
     return results
 
 
@@ -175,16 +211,19 @@ def node_diagonals(
     """The diagonal each input of one recorded node receives, given the diagonal ``h_out`` and
     the gradient ``g_out`` w.r.t. each of its outputs (None: zero). For testing a rule, or
     writing one: the node's own gradients come from its backward formula."""
-    from hesscale.internals import apply_backward, output_shape
+    from hesscale.internals import output_shape
 
     entry = RULES.get(node.name())
     if entry is None:
         raise HesScaleError(f"No HesScale rule for the autograd node {node.name()}.")
-    grad_inputs = [  # as autograd's engine passes them: summed to each input's shape
-        None if grad is None or child is None else grad.sum_to_size(output_shape(child, nr))
-        for grad, (child, nr) in zip(apply_backward(node, *g_out), node.next_functions, strict=True)
-    ]
-    return _apply(entry.rule, node, tuple(h_out), tuple(g_out), grad_inputs, second_order)
+    with torch.no_grad():
+        grad_inputs = [  # as autograd's engine passes them: summed to each input's shape
+            None if grad is None or child is None else grad.sum_to_size(output_shape(child, nr))
+            for grad, (child, nr) in zip(
+                apply_backward(node, *g_out), node.next_functions, strict=True
+            )
+        ]
+        return _apply(entry.rule, node, tuple(h_out), tuple(g_out), grad_inputs, second_order)
 
 
 def _add(previous: Tensor | None, h: Tensor | None) -> Tensor | None:

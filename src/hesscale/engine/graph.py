@@ -25,7 +25,8 @@ class Graph:
 
     ``leaves`` maps each AccumulateGrad node to its leaf tensor; ``edges`` maps every other node
     to its ``next_functions``; ``parents`` maps each node to the node that reached it first on a
-    shortest path from the root (for error messages).
+    shortest path from the root (for error messages); after ``check_supported``, ``rules`` maps
+    every non-leaf node to its rule.
     """
 
     def __init__(self, root: Node) -> None:
@@ -58,11 +59,18 @@ class Graph:
     def check_supported(self) -> None:
         """Raise UnsupportedOperationError for the first node without a rule (or whose
         configuration its rule does not cover), before anything is computed."""
+        self.has_module_hooks = False
+        self.rules = {}
+        self.reshuffles = {}
         for node in self.edges:
             name = node.name()
+            self.has_module_hooks |= name == "BackwardHookFunctionBackward"
+            if name in RESHUFFLES and len(self.edges[node]) == 1:
+                self.reshuffles[node] = self.edges[node][0]
             entry = RULES.get(name)
             reason = None if entry is None or entry.check is None else entry.check(node)
             if entry is not None and reason is None:
+                self.rules[node] = entry.rule
                 continue
             problem = (
                 "has no HesScale rule" if entry is None else f"is not supported here: {reason}"
@@ -71,6 +79,8 @@ class Graph:
                 f"The autograd operation {name} {problem}. It was reached from the loss through "
                 f"{self.path_to(node)}."
             )
+            if name in OPAQUE_NODES:
+                message += " " + OPAQUE_NODES[name]
             traceback = forward_traceback(node)
             if traceback:
                 message += f"\nIt was recorded in the forward pass at:\n{traceback.rstrip()}"
@@ -86,6 +96,42 @@ class Graph:
             raise UnsupportedOperationError(message)
 
 
+# One input, one output, each output entry a copy of one input entry (views, transposes,
+# reshapes): linear without curvature, so h_x = J^T h_z may be applied to each contribution to
+# h_z as it arrives (their sum gives the same), instead of in a hook of their own.
+RESHUFFLES = frozenset(
+    {
+        "ViewBackward0",
+        "UnsafeViewBackward0",
+        "ReshapeAliasBackward0",
+        "AliasBackward0",
+        "TBackward0",
+        "TransposeBackward0",
+        "PermuteBackward0",
+        "UnsqueezeBackward0",
+        "SqueezeBackward0",
+        "SqueezeBackward1",
+        "SqueezeBackward2",
+        "CloneBackward0",
+    }
+)
+
+# Nodes that hide the operations they stand for, and what to do instead.
+OPAQUE_NODES = {
+    "CompiledFunctionBackward": (
+        "It stands for a region compiled with torch.compile, whose operations autograd does not "
+        "record one by one, so HesScale cannot see them. Run the forward pass of the uncompiled "
+        "model for the steps that need diagonals (torch.compile(model) keeps the original as "
+        "model._orig_mod), or compile only parts that need no diagonal."
+    ),
+    "CheckpointFunctionBackward": (
+        "It stands for a block under reentrant activation checkpointing "
+        "(torch.utils.checkpoint with use_reentrant=True), whose operations autograd records "
+        "only during the backward pass. Run that block without checkpointing."
+    ),
+}
+
+
 # HesScaleGN: where the network ends --------------------------------------------------------
 
 # Kernels of loss functions: their inputs are network outputs (NLL's may be a log-softmax).
@@ -98,8 +144,14 @@ LOSS_KERNELS = frozenset(
         "BinaryCrossEntropyBackward0",
         "HuberLossBackward0",
         "SmoothL1LossBackward0",
-        "L1LossBackward0",
+        "SoftMarginLossBackward0",
+        "MultiMarginLossBackward0",
+        "AbsBackward0",  # F.l1_loss: torch records mean(abs(x - y)), no kernel of its own
     }
+)
+RECOGNISED_LOSSES = (
+    "cross-entropy, NLL, KL divergence of a log-softmax, MSE, BCE, Huber, smooth L1, L1, soft "
+    "margin, multi-margin"
 )
 NLL_KERNELS = frozenset({"NllLossBackward0", "NllLoss2DBackward0"})
 RESHAPES = frozenset(
@@ -137,6 +189,7 @@ LOSS_COMBINERS = frozenset(
         "UnsqueezeBackward0",
         "ToCopyBackward0",
         "BackwardHookFunctionBackward",
+        "FillBackward2",  # an empty batch: cross-entropy with probability targets fills NaN
     }
 )
 
@@ -198,14 +251,13 @@ def detect_network_outputs(graph: Graph) -> list[Node]:
             raise HesScaleError(
                 "HesScaleGN needs to know where the network ends and the loss begins, and the "
                 f"loss reaches {name} ({graph.path_to(node)}) before any loss function it "
-                "recognises (cross-entropy, NLL, MSE, BCE, Huber, smooth L1, L1). Name the "
-                "network output(s): hesscale.backward(loss, gn=True, output=logits)."
+                f"recognises ({RECOGNISED_LOSSES}). Name the network output(s): "
+                "hesscale.backward(loss, gn=True, output=logits)."
             )
     if not found:
         raise HesScaleError(
-            "HesScaleGN found no loss function in the graph (cross-entropy, NLL, MSE, BCE, "
-            "Huber, smooth L1, L1). Name the network output(s): "
-            "hesscale.backward(loss, gn=True, output=logits)."
+            f"HesScaleGN found no loss function in the graph ({RECOGNISED_LOSSES}). Name the "
+            "network output(s): hesscale.backward(loss, gn=True, output=logits)."
         )
     return found
 

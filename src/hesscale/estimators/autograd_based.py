@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from hesscale.estimators.base import Estimator, check_samples, clean_gradients, trainable
+from hesscale.hook_warning import hook_warning_hidden
 from hesscale.probes import rademacher
 
 
@@ -32,7 +33,7 @@ class Hutchinson(Estimator):
 
     def estimate(self, model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor) -> list[Tensor]:
         params = trainable(model)
-        with clean_gradients(params):
+        with clean_gradients(params), hook_warning_hidden():  # the model may be extended
             loss = loss_fn(model(x), y)
             grads = torch.autograd.grad(loss, params, create_graph=True)
             vs = self.probes(params)
@@ -58,7 +59,7 @@ class SquaredGradient(Estimator):
 
     def estimate(self, model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor) -> list[Tensor]:
         params = trainable(model)
-        with clean_gradients(params):
+        with clean_gradients(params), hook_warning_hidden():  # the model may be extended
             grads = torch.autograd.grad(loss_fn(model(x), y), params)
         return [g.detach().square() for g in grads]
 

@@ -15,6 +15,7 @@ from hesscale.estimators.base import Estimator, check_samples, clean_gradients, 
 from hesscale.estimators.bl89 import BL89 as BL89Extension
 from hesscale.extensions import HesScale as HesScaleExtension
 from hesscale.extensions import HesScaleGN as HesScaleGNExtension
+from hesscale.hook_warning import hook_warning_hidden
 
 
 class BackpackEstimator(Estimator):
@@ -46,7 +47,7 @@ class BackpackEstimator(Estimator):
         extend(loss_fn)
         with clean_gradients(params, self.savefield):
             loss = loss_fn(model(x), y)
-            with backpack(self.make_extension()):
+            with backpack(self.make_extension()), hook_warning_hidden():
                 loss.backward()
             results = []
             for p in params:

@@ -76,6 +76,8 @@ def format_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "-".join(format_value(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{format_value(v)}" for k, v in value.items())
     return str(value)
 
 
@@ -89,6 +91,13 @@ def config_label(hyperparameters: dict[str, Any]) -> str:
     """How a configuration reads in plots and tables: ``lr=0.001, beta2=0.99``."""
     keys = sorted(hyperparameters, key=lambda k: (k != "lr", k))
     return ", ".join(f"{k}={format_value(hyperparameters[k])}" for k in keys)
+
+
+def safe_name(name: str) -> str:
+    """``name`` as one path component: characters other than letters, digits, '.', '-' and
+    '_' become '_' (import paths such as ``torch.optim:RMSprop`` or ``nets.py:net``)."""
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip(".")
+    return cleaned or "_"
 
 
 def run_path(root: str | os.PathLike, learner: str, hyperparameters: dict[str, Any], seed: int):

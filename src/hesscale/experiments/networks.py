@@ -2,7 +2,9 @@
 
 Every network of the experiments is built here: the runs' (by name), the approximation-quality
 study's MLP (``fully_connected``) and the cost benchmark's MLP and CNN (``fully_connected``,
-``conv_3c3d``).
+``conv_3c3d``). Your own network: a ``NetworkFactory`` (below), named by import path or
+registered with ``hesscale.experiments.register_network``; any ``nn.Module`` will do, since
+the diagonals come from ``hesscale.backward``, which follows the graph autograd records.
 
 Fully connected networks take hidden sizes 300-150 by default (our reading of the original
 study's default) and 64-32 for the ``_small`` variants; ``hidden=`` overrides either. The DeepOBS
@@ -15,9 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
+
+from hesscale.errors import ComponentError
+from hesscale.experiments.components import Registry, describe_object, signature_accepts
 
 FC_DEFAULT_HIDDEN = (300, 150)
 FC_SMALL_HIDDEN = (64, 32)
@@ -157,33 +163,142 @@ def cifar100_allcnnc(input_shape: Sequence[int], n_outputs: int) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
+def resnet18(input_shape: Sequence[int], n_outputs: int) -> nn.Module:
+    """torchvision's ResNet-18 in its CIFAR form: a 3x3 stride-1 stem convolution (64 channels,
+    no bias, as many input channels as the task's images) and no max-pooling, for 32x32
+    images; ``n_outputs`` classes. Not a chain of modules (residual additions, BatchNorm in
+    training mode): its diagonals come from ``hesscale.backward``."""
+    try:
+        from torchvision.models import resnet18 as torchvision_resnet18
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            "the resnet18 network needs torchvision: pip install torchvision", name=error.name
+        ) from error
+    channels = _image_shape(input_shape, "resnet18")[0]
+    net = torchvision_resnet18(weights=None, num_classes=n_outputs)
+    net.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision
+    net.maxpool = nn.Identity()
+    return net
+
+
+def _image_shape(input_shape: Sequence[int], name: str) -> tuple[int, ...]:
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"Network '{name}' needs image inputs (C, H, W), got {tuple(input_shape)}."
+        )
+    return tuple(input_shape)
+
+
 def _fc(activation: str, default_hidden: tuple[int, ...]):
     def build(input_shape, n_outputs, hidden=None):
+        if hidden is not None and (
+            not hidden or not all(isinstance(h, int) and h >= 1 for h in hidden)
+        ):
+            raise ValueError(f"hidden sizes must be integers >= 1, got {list(hidden)}.")
         return fully_connected(input_shape, n_outputs, hidden or default_hidden, activation)
 
     build.__doc__ = f"Fully connected, {activation}, hidden {default_hidden} unless given."
     return build
 
 
-NETWORKS: dict[str, Callable[..., nn.Sequential]] = {
-    **{f"fc_{a}": _fc(a, FC_DEFAULT_HIDDEN) for a in FC_ACTIVATIONS},
-    **{f"fc_{a}_small": _fc(a, FC_SMALL_HIDDEN) for a in FC_ACTIVATIONS},
+def _images_only(builder: Callable[..., nn.Module], name: str) -> Callable[..., nn.Module]:
+    def build(input_shape, n_outputs):
+        return builder(_image_shape(input_shape, name), n_outputs)
+
+    build.__doc__ = builder.__doc__
+    return build
+
+
+# the contract of a network --------------------------------------------------------------------
+
+
+class NetworkFactory(Protocol):
+    """Builds a run's network, a fresh one per call: ``factory(input_shape, n_outputs,
+    **options)``, with ``input_shape`` the shape of one example (e.g. ``(1, 28, 28)``),
+    ``n_outputs`` the number of classes (the network's output: (batch, n_outputs) logits) and
+    options from ``--network-opt KEY=VALUE`` or a spec's ``network_options`` table. A
+    function, or an ``nn.Module`` subclass whose constructor takes these arguments. Any
+    ``nn.Module`` will do for learners whose diagonals come from ``hesscale.backward``;
+    ``adaggnmc`` (BackPACK) needs a chain of modules (nn.Sequential)."""
+
+    def __call__(
+        self, input_shape: tuple[int, ...], n_outputs: int, /, **options: Any
+    ) -> nn.Module: ...
+
+
+def check_network_factory(obj: Any, what: str) -> NetworkFactory:
+    """``obj`` if it can be called as ``factory(input_shape, n_outputs)``; else
+    ComponentError."""
+    expected = (
+        "a network factory: a function or nn.Module class called as factory(input_shape, "
+        "n_outputs, **options) that returns a new nn.Module"
+    )
+    if isinstance(obj, nn.Module):
+        raise ComponentError(
+            f"{what} is an nn.Module instance ({type(obj).__name__}); name the function or "
+            f"class that builds it instead (each run needs a fresh network): {expected}."
+        )
+    if not callable(obj):
+        raise ComponentError(f"{what} is {describe_object(obj)}; expected {expected}.")
+    problem = signature_accepts(obj, [(1,), 1], {})
+    if problem:
+        raise ComponentError(
+            f"{what} cannot be called as factory(input_shape, n_outputs): {problem}."
+        )
+    return obj
+
+
+def check_network_options(factory: NetworkFactory, what: str, options: dict[str, Any]) -> None:
+    problem = signature_accepts(factory, [(1,), 1], options)
+    if problem:
+        raise ComponentError(f"{what} does not take the options {sorted(options)}: {problem}.")
+
+
+def check_network(model: Any, what: str) -> nn.Module:
+    """``model`` if it is an nn.Module with parameters to learn; else ComponentError."""
+    if not isinstance(model, nn.Module):
+        raise ComponentError(f"{what} returned {describe_object(model)}; expected an nn.Module.")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ComponentError(f"{what} returned a {type(model).__name__} without parameters.")
+    return model
+
+
+NETWORKS: Registry[NetworkFactory] = Registry("network", check_network_factory)
+for _activation in FC_ACTIVATIONS:
+    NETWORKS.register(f"fc_{_activation}", _fc(_activation, FC_DEFAULT_HIDDEN), builtin=True)
+    NETWORKS.register(f"fc_{_activation}_small", _fc(_activation, FC_SMALL_HIDDEN), builtin=True)
+for _name, _builder in {
     "small_cnn": small_cnn,
     "mnist_2c2d": mnist_2c2d,
     "cifar10_3c3d": cifar10_3c3d,
     "cifar100_allcnnc": cifar100_allcnnc,
-}
+    "resnet18": resnet18,
+}.items():
+    NETWORKS.register(_name, _images_only(_builder, _name), builtin=True)
 
 
-def check_network(name: str, hidden: Sequence[int] | None = None) -> None:
-    """Raise ValueError if ``name`` is not a network or ``hidden`` does not apply to it."""
-    if name not in NETWORKS:
-        raise ValueError(f"Unknown network '{name}'. Known networks: {', '.join(NETWORKS)}.")
-    if hidden is not None:
-        if not name.startswith("fc_"):
-            raise ValueError(f"hidden sizes apply to fully connected networks only, not '{name}'.")
-        if not hidden or not all(isinstance(h, int) and h >= 1 for h in hidden):
-            raise ValueError(f"hidden sizes must be integers >= 1, got {list(hidden)}.")
+def _actor_critic(activation_name: str, shared: bool) -> NetworkFactory:
+    def build(input_shape, n_outputs, hidden=(64, 64)):
+        from hesscale.experiments.rl.policy import actor_critic
+
+        return actor_critic(input_shape, n_outputs, hidden, activation_name, shared)
+
+    trunks = "one trunk with three heads" if shared else "separate actor and critic MLPs"
+    build.__doc__ = (
+        f"RL tasks (rl:...): a Gaussian actor-critic, {activation_name}, {trunks}, hidden "
+        "64-64 unless given; outputs (mean, log_std, value) (hesscale.experiments.rl.policy)."
+    )
+    return build
+
+
+for _activation in ("tanh", "relu"):
+    NETWORKS.register(
+        f"actor_critic_{_activation}", _actor_critic(_activation, False), builtin=True
+    )
+    NETWORKS.register(
+        f"actor_critic_{_activation}_shared", _actor_critic(_activation, True), builtin=True
+    )
 
 
 def build_network(
@@ -191,13 +306,13 @@ def build_network(
     input_shape: Sequence[int],
     n_outputs: int,
     hidden: Sequence[int] | None = None,
-) -> nn.Sequential:
-    """Network ``name`` for inputs of ``input_shape`` (C, H, W) and ``n_outputs`` classes."""
-    check_network(name, hidden)
+    **options: Any,
+) -> nn.Module:
+    """Network ``name`` (a reference, see hesscale.experiments.components) for inputs of
+    ``input_shape`` and ``n_outputs`` classes; ``hidden``: the fc networks' hidden sizes."""
+    resolved = NETWORKS.resolve(name)
     if hidden is not None:
-        return NETWORKS[name](input_shape, n_outputs, tuple(hidden))
-    if len(input_shape) != 3 and not name.startswith("fc_"):
-        raise ValueError(
-            f"Network '{name}' needs image inputs (C, H, W), got {tuple(input_shape)}."
-        )
-    return NETWORKS[name](tuple(input_shape), n_outputs)
+        options["hidden"] = tuple(hidden)
+    what = f"network '{resolved.target}'"
+    check_network_options(resolved.value, what, options)
+    return check_network(resolved.value(tuple(input_shape), n_outputs, **options), what)

@@ -35,7 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from hesscale.experiments.logs import COMPLETE, config_label, config_name, format_value, iter_logs
+from hesscale.experiments.logs import (
+    COMPLETE,
+    config_label,
+    config_name,
+    format_value,
+    iter_logs,
+    safe_name,
+)
 
 
 @dataclass
@@ -106,8 +113,14 @@ def stderr(values: np.ndarray) -> np.ndarray | float:
 
 # settings of a run that are not the learner's: runs pool as seeds only if these agree
 SETTINGS = (
-    *("steps", "batch_size", "change_freq", "bin_size", "eval_every", "hidden"),
-    *("algo", "algo_options"),  # RL runs
+    "steps",
+    "batch_size",
+    "change_freq",
+    "bin_size",
+    "eval_every",
+    "hidden",
+    "task_options",
+    "network_options",
 )
 Group = tuple[str, str, str]  # task, network, settings (JSON)
 
@@ -115,7 +128,10 @@ Group = tuple[str, str, str]  # task, network, settings (JSON)
 def settings_of(log: dict[str, Any]) -> dict[str, Any]:
     """The settings of a run besides task, network, learner, hyperparameters and seed."""
     config = log.get("config") or {"steps": log.get("steps"), "bin_size": log.get("bin_size")}
-    return {key: config.get(key) for key in SETTINGS}
+    settings = {key: config.get(key) for key in SETTINGS}
+    for key in ("task_options", "network_options"):  # absent from logs made before they were
+        settings[key] = settings[key] or {}
+    return settings
 
 
 def collect(root: str | Path) -> dict[Group, dict[str, list[Config]]]:
@@ -367,10 +383,11 @@ def plot_all(root: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     written, tables = [], []
     for key, learners in sorted(groups.items()):
         task, network, _ = key
-        tag, title = f"{task}_{network}".replace(":", "_"), f"{task}, {network}"
+        tag, title = f"{task}_{network}", f"{task}, {network}"
         if differing[key]:
             tag += "__" + _settings_text(differing[key], "_").replace("=", "")
             title += f" ({_settings_text(differing[key], ', ')})"
+        tag = safe_name(tag)  # labels may be import paths
         if task.startswith("rl:"):  # returns instead of losses: hesscale.experiments.rl.plot
             from hesscale.experiments.rl import plot as rl_plot
 

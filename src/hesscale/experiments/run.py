@@ -8,9 +8,16 @@ checkpoint next to the log (``<log>.ckpt``) and exit code 3, so a job script can
 started again, it continues from the checkpoint exactly. An exception leaves status ``failed``
 with its traceback. A run whose log is already complete is skipped unless ``--force``.
 
+Tasks, networks and learners are built-in names or your own, by import path:
+``--network mypkg.nets:wide_mlp``, ``--learner torch.optim:RMSprop``, ``--task
+path/to/tasks.py:my_stream``, each optionally labelled (``--learner rms=torch.optim:RMSprop``).
+Modules are searched in the working directory, ``--pythonpath`` and PYTHONPATH. What each must
+be: hesscale.experiments.tasks.TaskFactory, networks.NetworkFactory, learners.LearnerSpec.
+
 Reinforcement learning: ``--task rl:<gymnasium id>`` (e.g. rl:Hopper-v5, rl:Pendulum-v1) with
-``--algo ppo`` or ``a2c``; ``--steps`` then counts environment steps and the log holds the
-return of every episode (see hesscale.experiments.rl.setup; needs the ``rl`` extra).
+an actor-critic network (``--network actor_critic_tanh``) runs PPO, or A2C with ``--task-opt
+algo=a2c``; ``--steps`` and ``--bin-size`` then count environment steps and the log holds the
+return of every episode (hesscale.experiments.rl; needs the ``rl`` extra).
 """
 
 from __future__ import annotations
@@ -23,16 +30,20 @@ import sys
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hesscale.errors import ComponentError
 from hesscale.experiments.trainer import StopFlag, Trainer, now
 
 EXIT_PREEMPTED = 3
 EXIT_FAILED = 1
 EXIT_BAD_ARGUMENTS = 2
 DEFAULT_OUT_ROOT = Path("runs")
+
+if TYPE_CHECKING:
+    from hesscale.experiments.components import Resolved
 
 
 @dataclass
@@ -52,35 +63,51 @@ class RunConfig:
     data_dir: str | None = None
     download: bool = False
     device: str = "auto"
-    algo: str | None = None  # RL tasks: ppo or a2c
-    algo_options: dict[str, Any] = field(default_factory=dict)  # RL tasks: besides defaults
-    label: str | None = None  # the name plots group the run under (default: the learner's)
+    task_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the task
+    network_options: dict[str, Any] = field(default_factory=dict)  # ... and of the network
+    pythonpath: list[str] = field(default_factory=list)  # folders to import components from
 
     def all_hyperparameters(self) -> dict[str, Any]:
         return {"lr": self.lr, **self.hyperparameters}
 
+    def network_kwargs(self) -> dict[str, Any]:
+        """The network factory's options (``hidden`` among them, if given)."""
+        hidden = {"hidden": tuple(self.hidden)} if self.hidden is not None else {}
+        return {**self.network_options, **hidden}
+
     def experiment(self) -> dict[str, Any]:
-        """What determines the results (not where data lives or which device runs it)."""
-        skip = ("data_dir", "download", "device")
+        """What determines the results (not where data and code live or which device runs)."""
+        skip = ("data_dir", "download", "device", "pythonpath")
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first setting that cannot run (unknown task, network or
-        learner option, counts below 1, lr <= 0, ...), before anything is loaded or written.
-        What only the data can tell (a missing dataset, no test split) is found when it loads.
+    def components(self) -> Components:
+        """The task, network and learner, looked up and checked (ComponentError if one
+        cannot be used: see hesscale.experiments.components)."""
+        from hesscale.experiments.components import put_on_sys_path
+        from hesscale.experiments.learners import LEARNERS
+        from hesscale.experiments.networks import NETWORKS, check_network_options
+        from hesscale.experiments.tasks import TASKS, check_task_options
+
+        put_on_sys_path([str(Path(p).resolve()) for p in self.pythonpath])
+        task = TASKS.resolve(self.task)
+        check_task_options(task.value, f"task '{task.target}'", self.task_options)
+        network = NETWORKS.resolve(self.network)
+        check_network_options(network.value, f"network '{network.target}'", self.network_kwargs())
+        return Components(task, network, LEARNERS.resolve(self.learner))
+
+    def validate(self) -> Components:
+        """Raise ValueError naming the first setting that cannot run (a task, network or
+        learner that cannot be found or used, an option it does not take, counts below 1,
+        lr <= 0, ...), before anything is loaded or written; returns the components. What
+        only the data can tell (a missing dataset, no test split) is found when it loads.
         """
         from hesscale.experiments.learners import check_learner
-        from hesscale.experiments.networks import check_network
-        from hesscale.experiments.rl.setup import check_config, is_rl_task
-        from hesscale.experiments.tasks import parse_task_name
 
-        if is_rl_task(self.task):
-            check_config(self)
-        elif self.algo is not None or self.algo_options:
-            raise ValueError(f"--algo and --algo-opt apply to RL tasks (rl:...), not {self.task}.")
-        else:
-            parse_task_name(self.task)
-            check_network(self.network, self.hidden)
+        if self.hidden is not None and (
+            not self.hidden or not all(isinstance(h, int) and h >= 1 for h in self.hidden)
+        ):
+            raise ValueError(f"hidden sizes must be integers >= 1, got {list(self.hidden)}.")
+        parts = self.components()
         for name in ("steps", "batch_size", "bin_size", "change_freq", "eval_every"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -89,7 +116,7 @@ class RunConfig:
             raise ValueError(f"--seed must be a non-negative integer, got {self.seed!r}.")
         if not isinstance(self.lr, int | float) or not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"--lr must be a finite number > 0, got {self.lr!r}.")
-        check_learner(self.learner, self.all_hyperparameters())
+        check_learner(parts.learner.value, self.all_hyperparameters(), parts.learner.label)
         try:
             resolve_device(self.device)
         except (RuntimeError, ValueError) as error:
@@ -97,6 +124,16 @@ class RunConfig:
                 f"--device {self.device!r} is not a device: use auto, cpu, cuda or cuda:N "
                 f"({error})."
             ) from None
+        return parts
+
+
+@dataclass(frozen=True)
+class Components:
+    """A run's task, network and learner, looked up (hesscale.experiments.components)."""
+
+    task: Resolved
+    network: Resolved
+    learner: Resolved
 
 
 class StaleLogError(ValueError):
@@ -125,45 +162,96 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def supervised_trainer(
+def build_trainer(
     config: RunConfig,
     *,
     progress: bool = True,
     stop: StopFlag | None = None,
     checkpoint: Path | None = None,
 ) -> Trainer:
-    """The Trainer of ``config``: its task, network and learner, seeded by ``config.seed``."""
-    from hesscale.experiments.learners import Learner
-    from hesscale.experiments.networks import build_network
-    from hesscale.experiments.supervised import SupervisedLearning
-    from hesscale.experiments.tasks import Task
+    """The Trainer of ``config``: its task, network and learner, seeded by ``config.seed``.
 
+    Raises ComponentError if a factory builds the wrong kind of object or the learner cannot
+    train the network; other exceptions (a missing dataset, a bug in a factory) propagate."""
+    from hesscale.experiments.learners import Learner
+    from hesscale.experiments.networks import check_network
+    from hesscale.experiments.supervised import SupervisedLearning
+    from hesscale.experiments.tasks import TaskSettings, check_task, default_data_dir
+
+    parts = config.components()
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    task = Task(
-        config.task,
+    settings = TaskSettings(
+        name=parts.task.target,
         batch_size=config.batch_size,
         seed=config.seed,
         change_freq=config.change_freq,
-        data_dir=config.data_dir,
+        data_dir=config.data_dir or default_data_dir(),
         download=config.download,
     )
-    if config.eval_every:
-        task.test_split()  # fail now, not at the first evaluation, if there is none
-    model = build_network(config.network, task.input_shape, task.n_outputs, config.hidden)
-    learner = Learner(config.learner, model.parameters(), **config.all_hyperparameters())
+    what = f"task '{parts.task.target}'"
+    task = check_task(parts.task.value(settings, **config.task_options), what)
+    if config.eval_every:  # fail now, not at the first evaluation, if there is no test split
+        if hasattr(task, "test_split"):
+            task.test_split()
+        elif not hasattr(task, "test_batches"):
+            raise ValueError(f"Task '{parts.task.label}' has no test_batches() (--eval-every).")
+    shape = tuple(task.input_shape)
+    what = f"network '{parts.network.target}'"
+    options = config.network_kwargs()
+    try:
+        model = parts.network.value(shape, task.n_outputs, **options)
+    except Exception as error:  # a factory that cannot build for this task: not the data's fault
+        call = ", ".join([f"input_shape={shape}", f"n_outputs={task.n_outputs}"])
+        call += "".join(f", {k}={v!r}" for k, v in options.items())
+        raise ComponentError(
+            f"{what} raised {type(error).__name__} when called as factory({call}): {error}"
+        ) from error
+    model = check_network(model, what)
+    learner = Learner(
+        parts.learner.value,
+        model.parameters(),
+        label=parts.learner.label,
+        **config.all_hyperparameters(),
+    )
+    make_stepper = getattr(task, "make_stepper", None)
+    if make_stepper is not None:  # a task with its own kind of learning
+        stepper = make_stepper(model, learner, device)
+    else:
+        stepper = SupervisedLearning(task, model, learner, device)
+    described = task.describe() if callable(getattr(task, "describe", None)) else {}
     header = {
-        "task": task.describe(),
-        "network": config.network,
-        "learner": config.label or config.learner,
+        "task": {
+            **described,
+            "name": parts.task.label,
+            "input_shape": list(shape),
+            "n_outputs": task.n_outputs,
+        },
+        "network": parts.network.label,
+        "learner": parts.learner.label,
         "hyperparameters": config.all_hyperparameters(),
         "seed": config.seed,
+        "components": {
+            kind: resolved.path or resolved.target
+            for kind, resolved in (
+                ("task", parts.task),
+                ("network", parts.network),
+                ("learner", parts.learner),
+            )
+        },
         "config": asdict(config),
     }
+    # a step that consumes several units of --steps (an RL rollout: environment steps)
+    per_step = getattr(stepper, "units_per_step", 1)
+    if config.steps < per_step:
+        raise ValueError(
+            f"--steps {config.steps} is less than one step of task '{parts.task.label}' "
+            f"({per_step} {getattr(stepper, 'unit', 'steps')})."
+        )
     return Trainer(
-        SupervisedLearning(task, model, learner, device),
-        steps=config.steps,
-        bin_size=config.bin_size,
+        stepper,
+        steps=config.steps // per_step,
+        bin_size=max(1, config.bin_size // per_step),
         eval_every=config.eval_every,
         header=header,
         experiment=config.experiment(),
@@ -171,8 +259,21 @@ def supervised_trainer(
         checkpoint=checkpoint,
         stop=stop,
         progress=progress,
-        description=f"{config.learner} lr={config.lr:g} seed={config.seed}",
+        description=f"{parts.learner.label} lr={config.lr:g} seed={config.seed}",
     )
+
+
+def trial_build(config: RunConfig) -> None:
+    """Build ``config``'s trainer without running it, to find a component of the wrong kind
+    before any run starts (ComponentError). What only a run can report (a missing dataset, a
+    factory that raises) is left to the run, which logs it; torch's random state is kept."""
+    with torch.random.fork_rng(devices=[]):
+        try:
+            build_trainer(config, progress=False)
+        except ComponentError:
+            raise
+        except Exception:
+            pass
 
 
 def train(
@@ -187,26 +288,29 @@ def train(
     With ``checkpoint``, a preempted run saves its whole state there, and a run that finds a
     checkpoint of the same configuration continues from it (see hesscale.experiments.trainer).
     """
-    from hesscale.experiments.rl.setup import is_rl_task, rl_trainer
-
     config.validate()
-    make = rl_trainer if is_rl_task(config.task) else supervised_trainer
-    return make(config, progress=progress, stop=stop, checkpoint=checkpoint).run()
+    return build_trainer(config, progress=progress, stop=stop, checkpoint=checkpoint).run()
 
 
 def default_out(config: RunConfig) -> Path:
-    """runs/TASK/NETWORK/LEARNER/CONFIG/seed_N.json (``runs/`` is ignored by git)."""
-    from hesscale.experiments.logs import run_path
+    """runs/TASK/NETWORK/LEARNER/CONFIG/seed_N.json (``runs/`` is ignored by git), named by
+    the components' labels (characters other than letters, digits, '.', '-' and '_' as '_';
+    a file by its name only)."""
+    from hesscale.experiments.components import split_label
+    from hesscale.experiments.logs import run_path, safe_name
 
-    root = DEFAULT_OUT_ROOT / config.task.replace(":", "_") / config.network
-    if config.algo:
-        root = root / config.algo
-    learner = config.label or config.learner
+    def folder(reference: str) -> str:  # a file's name, not its whole path
+        location, colon, attribute = split_label(reference)[0].rpartition(":")
+        short = f"{Path(location).name}{colon}{attribute}" if location.endswith(".py") else None
+        return safe_name(short or split_label(reference)[0])
+
+    task, network, learner = map(folder, (config.task, config.network, config.learner))
+    root = DEFAULT_OUT_ROOT / task / network
     return run_path(root, learner, config.all_hyperparameters(), config.seed)
 
 
 # errors that come from the settings or the data, not from a bug: reported without a traceback
-USER_ERRORS = ("DatasetNotFoundError", "ValueError")
+USER_ERRORS = ("DatasetNotFoundError", "ValueError", "MissingExtraError")
 
 
 def run_and_log(
@@ -235,32 +339,42 @@ def run_and_log(
         return {**existing, "skipped": True}
     if force:
         checkpoint.unlink(missing_ok=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        log = train(config, progress=progress, stop=stop, checkpoint=checkpoint)
+        trainer = build_trainer(config, progress=progress, stop=stop, checkpoint=checkpoint)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        log = trainer.run()
+    except ComponentError:
+        raise  # a task, network or learner that cannot be used: nothing is written
     except KeyboardInterrupt as error:
         partial = getattr(error, "partial_log", None)
         if partial is not None:
             write_json_atomic(out, {**partial, "command": command})
         raise
     except Exception as error:
-        log = {
-            "format": 1,
-            "status": "failed",
-            "learner": config.learner,
-            "seed": config.seed,
-            "hyperparameters": config.all_hyperparameters(),
-            "config": asdict(config),
-            "error": f"{type(error).__name__}: {error}",
-            "message": str(error),
-            "traceback": traceback.format_exc(),
-            "finished_at": now(),
-        }
+        log = failed_log(config, error)
     log["command"] = command
     write_json_atomic(out, log)
     if log["status"] != "preempted":
         checkpoint.unlink(missing_ok=True)
     return log
+
+
+def failed_log(config: RunConfig, error: Exception) -> dict[str, Any]:
+    """The log of a run that raised ``error`` (call it in the ``except`` block)."""
+    from hesscale.experiments.components import split_label
+
+    return {
+        "format": 1,
+        "status": "failed",
+        "learner": split_label(config.learner)[0],
+        "seed": config.seed,
+        "hyperparameters": config.all_hyperparameters(),
+        "config": asdict(config),
+        "error": f"{type(error).__name__}: {error}",
+        "message": str(error),
+        "traceback": traceback.format_exc(),
+        "finished_at": now(),
+    }
 
 
 # command line ---------------------------------------------------------------------------------
@@ -290,26 +404,26 @@ def _int_list(text: str) -> list[int]:
 def configure(parser: argparse.ArgumentParser) -> None:
     from hesscale.experiments.learners import LEARNERS
     from hesscale.experiments.networks import NETWORKS
-    from hesscale.experiments.rl.options import OPTIONS as RL_ALGORITHMS
-    from hesscale.experiments.rl.policy import NETWORKS as RL_NETWORKS
     from hesscale.experiments.tasks import DATASETS
 
+    own = "; or your own: package.module:attribute or file.py:attribute (LABEL=... names it)"
     parser.description = __doc__.split("\n", 1)[1]
     parser.add_argument(
         "--task",
         required=True,
-        help=f"{', '.join(DATASETS)}, each also as <name>-input-permuted and <name>-label-permuted"
-        "; or rl:<gymnasium id> (continuous actions, e.g. rl:Hopper-v5, rl:Pendulum-v1)",
+        help=f"{', '.join(DATASETS)}, each also as <name>-input-permuted and "
+        f"<name>-label-permuted{own}",
     )
+    parser.add_argument("--network", required=True, help=", ".join(NETWORKS) + own)
     parser.add_argument(
-        "--network", required=True, help=f"{', '.join(NETWORKS)}; RL: {', '.join(RL_NETWORKS)}"
+        "--learner",
+        required=True,
+        help=", ".join(LEARNERS) + "; or any optimizer class, or a learner of your own: "
+        "package.module:attribute or file.py:attribute (LABEL=... names it)",
     )
-    parser.add_argument("--learner", required=True, choices=list(LEARNERS))
     parser.add_argument("--lr", required=True, type=float, help="step size (> 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order and init)")
-    parser.add_argument(
-        "--steps", type=int, default=1000, help="mini-batches to learn from (RL: environment steps)"
-    )
+    parser.add_argument("--steps", type=int, default=1000, help="mini-batches to learn from")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per step")
     parser.add_argument(
         "--change-freq",
@@ -317,17 +431,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="steps per permutation (default: 5000 input-, 2500 label-permuted)",
     )
-    parser.add_argument(
-        "--bin-size", type=int, default=100, help="steps averaged per log point (RL: env steps)"
-    )
+    parser.add_argument("--bin-size", type=int, default=100, help="steps averaged per log point")
     parser.add_argument(
         "--eval-every", type=int, default=None, help="evaluate on the test split every N steps"
     )
     parser.add_argument(
-        "--hidden",
-        type=_int_list,
-        default=None,
-        help="hidden sizes of fc_* and RL networks, e.g. 64,32",
+        "--hidden", type=_int_list, default=None, help="hidden sizes of fc_* networks, e.g. 64,32"
     )
     parser.add_argument(
         "--opt",
@@ -338,19 +447,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="another optimizer hyperparameter, e.g. --opt beta2=0.99 (repeatable)",
     )
     parser.add_argument(
-        "--algo", default=None, choices=list(RL_ALGORITHMS), help="RL tasks: the algorithm"
-    )
-    parser.add_argument(
-        "--algo-opt",
+        "--task-opt",
         type=_key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="RL tasks: an algorithm option, e.g. --algo-opt gamma=0.995 (repeatable); "
-        + "; ".join(f"{algo}: {', '.join(options)}" for algo, options in RL_ALGORITHMS.items()),
+        help="an option of the task, e.g. --task-opt normalize=unit (repeatable)",
     )
     parser.add_argument(
-        "--label", default=None, help="name to group the run under in plots (default: learner)"
+        "--network-opt",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the network's factory, e.g. --network-opt width=128 (repeatable)",
+    )
+    parser.add_argument(
+        "--pythonpath",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder to import your components from, as PYTHONPATH (repeatable)",
     )
     parser.add_argument(
         "--out",
@@ -386,10 +503,18 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         data_dir=args.data_dir,
         download=args.download,
         device=args.device,
-        algo=args.algo,
-        algo_options=dict(args.algo_opt),
-        label=args.label,
+        task_options=dict(args.task_opt),
+        network_options=dict(args.network_opt),
+        pythonpath=list(args.pythonpath),
     )
+
+
+def show_cause(error: Exception) -> None:
+    """Print the traceback of what a ComponentError comes from, when that is the user's code
+    raising (an import, a factory), so that they see where."""
+    cause = error.__cause__
+    if isinstance(error, ComponentError) and cause is not None:
+        traceback.print_exception(cause, file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -399,6 +524,7 @@ def main(args: argparse.Namespace) -> int:
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}.")
     except ValueError as error:
+        show_cause(error)
         print(f"hesscale run: {error}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
     if args.threads:
@@ -411,7 +537,8 @@ def main(args: argparse.Namespace) -> int:
         log = run_and_log(
             config, out, progress=not args.no_progress, stop=stop, force=args.force, command=command
         )
-    except StaleLogError as error:
+    except (StaleLogError, ComponentError) as error:
+        show_cause(error)
         print(f"hesscale run: {error}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
     except KeyboardInterrupt:
@@ -437,7 +564,7 @@ def main(args: argparse.Namespace) -> int:
     if log.get("loss"):
         summary += f", last loss {log['loss'][-1]:.4f}, accuracy {log['accuracy'][-1]:.3f}"
     returns = [r for r in log.get("return", []) if r is not None and math.isfinite(r)]
-    if returns:
+    if returns:  # an RL run
         summary += f", last return {returns[-1]:.1f} ({len(log['episodes']['return'])} episodes)"
     print(summary)
     return EXIT_PREEMPTED if status == "preempted" else 0

@@ -1,7 +1,9 @@
 """Supervised learning from a stream of mini-batches, as a stepper for the Trainer.
 
 Each step scores a mini-batch (cross-entropy loss, accuracy) with the current network, then
-the learner updates on it: performance is measured online, before the update.
+the learner updates on it: performance is measured online, before the update. The task is
+anything that yields batches (``tasks.SupervisedTask``); one without ``state_dict`` is
+continued after a checkpoint by replaying its stream from its seed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from torch import nn
 
 from hesscale.errors import Diverged
 from hesscale.experiments.learners import Learner
-from hesscale.experiments.tasks import Task
+from hesscale.experiments.tasks import SupervisedTask
 from hesscale.experiments.trainer import Metrics
 
 
@@ -23,17 +25,17 @@ class SupervisedLearning:
 
     metrics = ("loss", "accuracy")
 
-    def __init__(self, task: Task, model: nn.Module, learner: Learner, device: torch.device):
+    def __init__(
+        self, task: SupervisedTask, model: nn.Module, learner: Learner, device: torch.device
+    ) -> None:
         self.task, self.learner, self.device = task, learner, device
-        self.model, self.loss_fn = model.to(device), nn.CrossEntropyLoss()
-        if learner.uses_backpack:
-            from backpack import extend
-
-            self.model, self.loss_fn = extend(self.model), extend(self.loss_fn)
+        self.model, self.loss_fn = learner.prepare(model.to(device), nn.CrossEntropyLoss())
         self.model.train()
+        self.batches = 0  # drawn from the task so far
 
     def step(self) -> Metrics:
         x, y = self.task.next_batch()
+        self.batches += 1
         x, y = x.to(self.device), y.to(self.device)
         output = self.model(x)
         loss = self.loss_fn(output, y)
@@ -42,13 +44,15 @@ class SupervisedLearning:
             raise Diverged(f"loss {value}")
         hits = (output.argmax(dim=1) == y).sum().item()
         try:
-            self.learner.step(loss)
+            self.learner.step(loss, output)
         except FloatingPointError as error:  # e.g. hesscale.optim.NonFiniteError
             raise Diverged(str(error)) from error
         return {"loss": (value, 1), "accuracy": (hits, len(y))}
 
     def evaluate(self) -> dict[str, float]:
         """Loss and accuracy on the whole test split (DeepOBS-style evaluation)."""
+        if not hasattr(self.task, "test_batches"):
+            raise ValueError("This task has no held-out test split (leave out --eval-every).")
         self.model.eval()
         total = hits = n = 0
         with torch.no_grad():
@@ -62,13 +66,20 @@ class SupervisedLearning:
         return {"loss": total / n, "accuracy": hits / n}
 
     def state_dict(self) -> dict[str, Any]:
+        task = self.task.state_dict() if hasattr(self.task, "state_dict") else None
         return {
             "model": self.model.state_dict(),
             "optimizer": self.learner.optimizer.state_dict(),
-            "task": self.task.state_dict(),
+            "task": task,
+            "batches": self.batches,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.learner.optimizer.load_state_dict(state["optimizer"])
-        self.task.load_state_dict(state["task"])
+        self.batches = state.get("batches", 0)
+        if state["task"] is not None:
+            self.task.load_state_dict(state["task"])
+        else:  # a task without state_dict: its stream again, from its seed, up to here
+            for _ in range(self.batches):
+                self.task.next_batch()

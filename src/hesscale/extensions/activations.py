@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from hesscale.extensions.base import ModuleAdaptor
 from hesscale.rules import elementwise as ew
+from hesscale.rules.precision import exp_without_subnormals
 from hesscale.rules.softmax import log_softmax_input, softmax_input
 
 
@@ -49,13 +50,17 @@ class Softmax(ModuleAdaptor):
 
 
 class LogSoftmax(ModuleAdaptor):
-    """Keeps its second-order term also in HesScaleGN (see HesScaleGN's docstring)."""
+    """In HesScaleGN a LogSoftmax that feeds NLLLoss directly is part of that loss: it keeps its
+    second-order term for NLLLoss's part of the gradient (see HesScaleGN's docstring)."""
 
-    keeps_second_order = True
+    def second_order_gradient(self, ext, module, g_out):
+        if ext.second_order:
+            return g_out[0]
+        return ext.take_log_prob_gradient(module.output)
 
     def input_diag(self, module, h_out, g_out):
         dim = softmax_dim(module, module.input0)
-        return log_softmax_input(module.output.exp(), h_out, g_out, dim)
+        return log_softmax_input(exp_without_subnormals(module.output), h_out, g_out, dim)
 
 
 ADAPTORS = {

@@ -8,7 +8,7 @@ import torch
 from backpack.extensions.module_extension import ModuleExtension
 from torch import Tensor, nn
 
-from hesscale.errors import HesScaleError, UnsupportedModuleError
+from hesscale.errors import HesScaleError, UnsupportedModuleError  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from hesscale.extensions.hesscale import DiagonalBackprop
@@ -18,27 +18,18 @@ def describe(module: nn.Module) -> str:
     return f"{type(module).__name__} ({module})"
 
 
-def _stored_io(module: nn.Module) -> tuple[Tensor, Tensor]:
-    if not hasattr(module, "output") or not hasattr(module, "input0"):
-        raise HesScaleError(
-            f"{describe(module)} has no stored forward input/output. A module instance that is "
-            "called more than once in one forward pass (e.g. one nn.ReLU reused in two places) "
-            "is not supported: BackPACK keeps only its last call. Use one instance per use, and "
-            "run the forward pass with gradients enabled and outside backpack.disable()."
-        )
-    return module.input0, module.output
-
-
 class ModuleAdaptor(ModuleExtension):
-    """Maps one nn.Module type to its rules.
+    """Maps one nn.Module type to its rules; subclass it for your own layer and register it
+    with ``HesScale().set_module_extension(MyLayer, MyAdaptor())``.
 
-    Subclasses implement ``input_diag`` (the diagonal w.r.t. the module's input) and one method
-    per name in ``params`` (the diagonal w.r.t. that parameter); ``check`` rejects
-    configurations without a rule. ``__call__`` does the bookkeeping.
+    Subclasses implement ``input_diag`` (the diagonal w.r.t. the module's input, from the
+    diagonal ``h_out`` and gradient ``g_out`` w.r.t. its output; ``g_out`` is None in the
+    Gauss-Newton variant) and one method per name in ``params`` (the diagonal w.r.t. that
+    parameter); ``check`` rejects configurations without a rule. The module's forward input and
+    output are ``module.input0`` and ``module.output``. ``__call__`` does the bookkeeping.
     """
 
     params: tuple[str, ...] = ()
-    keeps_second_order: bool = False  # pass g_out to input_diag also in the Gauss-Newton variant
 
     def __init__(self) -> None:
         super().__init__(params=list(self.params))
@@ -54,8 +45,15 @@ class ModuleAdaptor(ModuleExtension):
     def input_diag(self, module: nn.Module, h_out: Tensor, g_out: Tensor | None) -> Tensor:
         raise NotImplementedError
 
+    def second_order_gradient(
+        self, ext: DiagonalBackprop, module: nn.Module, g_out: tuple[Tensor, ...]
+    ) -> Tensor | None:
+        """The gradient ``input_diag`` weights the module's own curvature with: all of it in
+        HesScale, none (None) in the Gauss-Newton variant."""
+        return g_out[0] if ext.second_order else None
+
     def __call__(self, ext: DiagonalBackprop, module: nn.Module, g_inp, g_out) -> None:
-        x, output = _stored_io(module)
+        x, output = ext.stored_io(module)
         self.check(module)
         h_out = ext.take_quantity(module, output)
         with torch.no_grad():
@@ -64,7 +62,7 @@ class ModuleAdaptor(ModuleExtension):
                 if param is not None and param.requires_grad:
                     ext.add_to_parameter(param, getattr(self, name)(module, h_out))
             if x.requires_grad:
-                g = g_out[0] if ext.second_order or self.keeps_second_order else None
+                g = self.second_order_gradient(ext, module, g_out)
                 ext.put_quantity(x, self.input_diag(module, h_out, g))
 
 
@@ -86,18 +84,11 @@ class LossAdaptor(ModuleExtension):
         raise NotImplementedError
 
     def __call__(self, ext: DiagonalBackprop, module: nn.Module, g_inp, g_out) -> None:
-        _stored_io(module)
+        ext.stored_io(module)
         self.check(module)
-        g = g_out[0]
-        if g.numel() != 1 or g.item() != 1:  # one scalar read instead of an elementwise test
-            raise HesScaleError(
-                f"The backward pass reached {describe(module)} with gradient {g!r}, not 1: "
-                "the loss must be the last operation (call loss.backward() on the loss module's "
-                "output itself, not on a scaled or transformed version of it)."
-            )
-        ext.start_backward(module.output)
+        ext.start_loss(module, g_out[0])
         with torch.no_grad():
             for i, h in enumerate(self.input_diags(module)):
                 x = getattr(module, f"input{i}")
-                if h is not None and x.requires_grad:
+                if h is not None and isinstance(x, Tensor) and x.requires_grad:
                     ext.put_quantity(x, h)

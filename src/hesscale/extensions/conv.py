@@ -8,8 +8,10 @@ from hesscale.extensions.base import ModuleAdaptor, UnsupportedModuleError, desc
 from hesscale.rules import conv
 from hesscale.rules.conv import ConvGeometry
 
+TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
-def _padding(module: nn.modules.conv._ConvNd) -> tuple[tuple[int, int], ...]:
+
+def _padding(module: nn.Module) -> tuple[tuple[int, int], ...]:
     if module.padding == "valid":
         return ((0, 0),) * len(module.kernel_size)
     if module.padding == "same":
@@ -17,7 +19,7 @@ def _padding(module: nn.modules.conv._ConvNd) -> tuple[tuple[int, int], ...]:
     return tuple((p, p) for p in module.padding)
 
 
-def _output_padding(module: nn.modules.conv._ConvTransposeNd) -> tuple[int, ...]:
+def _output_padding(module: nn.Module) -> tuple[int, ...]:
     """The output padding this call used: ``forward(x, output_size=...)`` may differ from
     ``module.output_padding``, so read it off the stored output's shape."""
     spatial = len(module.kernel_size)
@@ -47,8 +49,8 @@ class Conv(ModuleAdaptor):
                 "weights, and the diagonal no longer follows from squared weights."
             )
 
-    def geometry(self, module: nn.modules.conv._ConvNd) -> ConvGeometry:
-        transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+    def geometry(self, module: nn.Module) -> ConvGeometry:
+        transposed = isinstance(module, TRANSPOSED)
         return ConvGeometry(
             stride=tuple(module.stride),
             padding=_padding(module),
@@ -68,14 +70,4 @@ class Conv(ModuleAdaptor):
         return conv.conv_bias(h_out, len(module.kernel_size))
 
 
-ADAPTORS = {
-    module_type: Conv()
-    for module_type in (
-        nn.Conv1d,
-        nn.Conv2d,
-        nn.Conv3d,
-        nn.ConvTranspose1d,
-        nn.ConvTranspose2d,
-        nn.ConvTranspose3d,
-    )
-}
+ADAPTORS = {module_type: Conv() for module_type in (nn.Conv1d, nn.Conv2d, nn.Conv3d, *TRANSPOSED)}

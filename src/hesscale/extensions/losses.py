@@ -18,13 +18,24 @@ class CrossEntropy(LossAdaptor):
 
 class MSE(LossAdaptor):
     def input_diags(self, m):
-        h = losses.mse_diag(m.input0, m.reduction)
-        return (h, h)  # symmetric in prediction and target
+        prediction, target = m.input0, m.input1
+        return (
+            losses.mse_diag(prediction, m.reduction, target),
+            losses.mse_diag(target, m.reduction, prediction),  # symmetric
+        )
 
 
 class NLL(LossAdaptor):
+    """Linear in its input; a LogSoftmax feeding it directly supplies the curvature, and learns
+    NLLLoss's own gradient (``g_inp``) for the Gauss-Newton variant."""
+
     def input_diags(self, m):
         return (losses.nll_diag(m.input0),)
+
+    def __call__(self, ext, module, g_inp, g_out):
+        super().__call__(ext, module, g_inp, g_out)
+        if g_inp[0] is not None:
+            ext.put_log_prob_gradient(module.input0, g_inp[0])
 
 
 class BCEWithLogits(LossAdaptor):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.utils import _ntuple
 
 from hesscale.extensions.base import ModuleAdaptor
 from hesscale.rules import pooling, shape
@@ -22,7 +21,7 @@ class MaxPool(ModuleAdaptor):
         """The positions of the maxima, recomputed exactly as the forward pass chose them."""
         n = self.spatial_dims
         names = ("kernel_size", "stride", "padding", "dilation")
-        args = [_ntuple(n)(getattr(module, name)) for name in names]
+        args = [_per_dim(getattr(module, name), n) for name in names]
         if n == 1:  # as 2-d pooling of height 1, like torch's own 1-d max pool
             args = [(neutral, *a) for neutral, a in zip((1, 1, 0, 1), args, strict=True)]
         pool = F.max_pool3d if n == 3 else F.max_pool2d
@@ -42,6 +41,11 @@ class AdaptiveMaxPool(MaxPool):
             output_size = (1, *output_size)
         pool = F.adaptive_max_pool3d if n == 3 else F.adaptive_max_pool2d
         return pool(_fast_layout(x, n), output_size, return_indices=True)[1]
+
+
+def _per_dim(value: int | tuple[int, ...], spatial_dims: int) -> tuple[int, ...]:
+    """A pooling hyperparameter with one entry per spatial dim (torch accepts a single int)."""
+    return tuple(value) if isinstance(value, tuple | list) else (value,) * spatial_dims
 
 
 def _fast_layout(x: Tensor, spatial_dims: int) -> Tensor:
@@ -66,13 +70,13 @@ class AvgPool(ModuleAdaptor):
         self.spatial_dims = spatial_dims
 
     def input_diag(self, module, h_out, g_out):
-        n = _ntuple(self.spatial_dims)
+        n = self.spatial_dims
         return pooling.avg_pool_input(
             h_out,
             module.input0,
-            n(module.kernel_size),
-            n(module.stride),
-            n(module.padding),
+            _per_dim(module.kernel_size, n),
+            _per_dim(module.stride, n),
+            _per_dim(module.padding, n),
             module.ceil_mode,
             module.count_include_pad,
             getattr(module, "divisor_override", None),  # AvgPool1d has none

@@ -18,6 +18,7 @@ class AdaGGNMC(ExtensionAdam):
     """
 
     savefield = "diag_ggn_mc"
+    diagonal_scales_with_loss = False  # BackPACK samples it from the loss function alone
 
     def __init__(self, params: ParamsT, *args: Any, mc_samples: int = 1, **options: Any) -> None:
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:

@@ -18,6 +18,8 @@ from backpack.extensions.backprop_extension import BackpropExtension
 from torch import Tensor
 
 from hesscale.errors import HesScaleError
+from hesscale.hook_warning import hook_warning_hidden
+from hesscale.internals import unscale_through
 from hesscale.optim import update
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
@@ -58,6 +60,11 @@ class DiagonalAdam(torch.optim.Optimizer):
 
     method: BackpropExtension | None = None  # the BackPACK extension backward must run under
     create_graph: bool = False  # whether backward must run with create_graph=True
+    # torch.amp.GradScaler passes itself to step() (see ``step``); whether the diagonal, like
+    # the gradient, is multiplied by the loss scale (False where it is computed from the loss
+    # function alone, as BackPACK's Monte-Carlo GGN is)
+    _step_supports_amp_scaling = True
+    diagonal_scales_with_loss = True
 
     def __init__(
         self,
@@ -109,12 +116,19 @@ class DiagonalAdam(torch.optim.Optimizer):
     # the step ------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+    def step(
+        self, closure: Callable[[], Tensor] | None = None, grad_scaler: Any = None
+    ) -> Tensor | None:
         """One update. Without a closure, backward must have run already (see the class doc).
 
         With a closure: the optimizer sets every gradient to None, calls ``closure()`` under
         grad mode, and, if the closure did not run backward itself, runs the backward pass that
         this optimizer needs on the returned loss. Returns the closure's loss (or None).
+
+        Mixed precision: ``scaler.step(opt)`` of a ``torch.amp.GradScaler`` passes the scaler
+        as ``grad_scaler``. The step then unscales the gradients (unless ``scaler.unscale_(opt)``
+        already did) and the diagonals, which a scaled loss scales alike, and is skipped when
+        the scaler found inf or NaN gradients, as torch's optimizers are.
         """
         loss = self._run_closure(closure) if closure is not None else None
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
@@ -123,6 +137,12 @@ class DiagonalAdam(torch.optim.Optimizer):
         if any(p.grad.is_sparse for p in params):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients.")
         diagonals = dict(zip(map(id, params), self._diagonals(params), strict=True))
+        if grad_scaler is not None:
+            inv_scale, found_inf = unscale_through(grad_scaler, self)
+            if found_inf.item():
+                return loss  # skipped; the scaler lowers its scale in update()
+            if self.diagonal_scales_with_loss:
+                diagonals = {key: h * inv_scale.to(h.dtype) for key, h in diagonals.items()}
         if not self._all_finite(params, diagonals):
             return loss
         for group in self.param_groups:
@@ -190,7 +210,7 @@ class DiagonalAdam(torch.optim.Optimizer):
                 "one-element tensor attached to the graph of the parameters (got "
                 f"{_describe(loss)})."
             )
-        with torch.enable_grad():
+        with torch.enable_grad(), hook_warning_hidden():  # the model may be BackPACK-extended
             self._backward(loss)
         return loss
 

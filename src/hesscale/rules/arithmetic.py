@@ -5,21 +5,27 @@ broadcasting; the engine sums broadcast copies) and
 
     h_x = (dz/dx)^2 h_z + (d^2 z / dx^2) g_z
 
-with the other input held fixed.
+with the other input held fixed. Squares and products are computed in float32 where float16
+takes part (rules.precision).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
+
+from hesscale.rules.precision import promote
 
 
 def product_factor(h_out: Tensor, other: Tensor) -> Tensor:
     """z = x * y: h_x = y^2 h_z (z is linear in x)."""
+    h_out, other = promote(h_out, other)
     return h_out * other.square()
 
 
 def quotient_numerator(h_out: Tensor, denominator: Tensor) -> Tensor:
     """z = x / y: h_x = h_z / y^2 (z is linear in x)."""
+    h_out, denominator = promote(h_out, denominator)
     return h_out / denominator.square()
 
 
@@ -28,9 +34,47 @@ def quotient_denominator(
 ) -> Tensor | None:
     """z = x / y: dz/dy = -z / y and d^2z/dy^2 = 2 z / y^2, so
     h_y = (z / y)^2 h_z + 2 (z / y^2) g_z."""
+    h_out, g_out, quotient, denominator = promote(h_out, g_out, quotient, denominator)
     ratio = quotient / denominator
     h_in = None if h_out is None else h_out * ratio.square()
     if g_out is None:
         return h_in
     curvature = 2 * g_out * ratio / denominator
     return curvature if h_in is None else h_in + curvature
+
+
+def power_base_derivatives(x: Tensor, exponent: Tensor) -> tuple[Tensor, Tensor]:
+    """z = x^y as a function of the base x: dz/dx = y x^(y-1), d^2z/dx^2 = y (y-1) x^(y-2);
+    zero where y = 0 (torch's gradient there)."""
+    first = torch.where(exponent == 0, 0.0, exponent * x.pow(exponent - 1))
+    second = torch.where(
+        (exponent == 0) | (exponent == 1), 0.0, exponent * (exponent - 1) * x.pow(exponent - 2)
+    )
+    return first, second
+
+
+def power_exponent_derivatives(
+    base: Tensor | float, exponent: Tensor, result: Tensor
+) -> tuple[Tensor, Tensor]:
+    """z = b^y as a function of the exponent y: dz/dy = z log b, d^2z/dy^2 = z log(b)^2;
+    zero where b = 0 and y >= 0 (torch's gradient there)."""
+    base = torch.as_tensor(base, dtype=result.dtype, device=result.device)
+    log_base = torch.log(base)
+    first = result * log_base
+    zero = (base == 0) & (exponent >= 0)
+    return torch.where(zero, 0.0, first), torch.where(zero, 0.0, first * log_base)
+
+
+def xlogy_derivatives(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """z = x log y (0 where x = 0): dz/dx = log y (0 where x = 0, as torch), z is linear in x;
+    dz/dy = x / y, d^2z/dy^2 = -x / y^2. Returns (dz/dx, dz/dy, d^2z/dy^2)."""
+    ratio = x / y
+    return torch.xlogy(x != 0, y), ratio, -ratio / y
+
+
+def atan2_derivatives(y: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """z = atan2(y, x) with r = x^2 + y^2: dz/dy = x / r, dz/dx = -y / r,
+    d^2z/dy^2 = -2 x y / r^2 = -d^2z/dx^2. Returns (dz/dy, d^2z/dy^2, dz/dx, d^2z/dx^2)."""
+    r = x.square() + y.square()
+    curvature = -2 * x * y / r.square()
+    return x / r, curvature, -y / r, -curvature

@@ -21,19 +21,24 @@ x[c, s p + d k - pad] W[o, c, k], so dz[o, p] / dW[o, c, k] = that input entry, 
 summed over the batch like the weight gradient. Each output depends on one bias entry with
 derivative 1: h_b[o] = sum of h_z[:, o, ...] over batch and space.
 
-Both use ATen's ``convolution_backward`` (cuDNN / MKLDNN kernels where available): no unfolding,
-no loops over samples, one generic implementation for all dimensions and for transposed
-convolutions. Zero padding that is larger after than before (``padding='same'`` with an even
-effective kernel) is handled by padding the input with the excess zeros explicitly, as torch does.
+Both come from ATen's ``convolution_backward`` (cuDNN / MKLDNN kernels where available), in one
+call when both are wanted: no unfolding, no loops over samples, one generic implementation for
+all dimensions and for transposed convolutions. Zero padding that is larger after than before
+(``padding='same'`` with an even effective kernel) is handled by padding the input with the
+excess zeros explicitly, as torch does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from hesscale.rules.precision import promote, upcast
 
 
 @dataclass(frozen=True)
@@ -84,51 +89,114 @@ def _split_padding(geometry: ConvGeometry) -> tuple[list[int], list[tuple[int, i
     return symmetric, excess
 
 
-def _convolution_backward(
-    h_out: Tensor, x: Tensor, weight: Tensor, geometry: ConvGeometry, which: int
-) -> Tensor:
+def conv_diagonals(
+    h_out: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    geometry: ConvGeometry,
+    wants_input: bool = True,
+    wants_weight: bool = True,
+) -> tuple[Tensor | None, Tensor | None]:
+    """(h_x, h_W) = (conv-backward-data(h_z, W^2), conv-backward-weight(h_z, x^2)), each only
+    if wanted (else None), h_W summed over the batch.
+
+    Backward-data reads only the output gradient and the weight, backward-weight only the
+    output gradient and the input, so one call of ATen's ``convolution_backward`` with x^2 as
+    its input and W^2 as its weight computes both (as one backward pass computes both
+    gradients). ``x`` is the forward input, batched (N, C, *spatial) or unbatched.
+    """
+    h_out, x, weight = promote(h_out, x, weight)
+    h_out, x, batched = _batched(h_out, x, weight)
     n = len(geometry.stride)
-    symmetric, _ = _split_padding(geometry)
-    output_padding = geometry.output_padding or (0,) * n
-    mask = [which == 0, which == 1, False]
-    result = torch.ops.aten.convolution_backward(
+    symmetric, excess = _split_padding(geometry)
+    pads = any(before or after for before, after in excess)
+    if wants_weight:
+        x = x.square()
+        if pads:
+            x = F.pad(x, [v for pair in reversed(excess) for v in pair])
+    elif pads:  # only the shape matters
+        padded = [s + b + a for s, (b, a) in zip(x.shape[2:], excess, strict=True)]
+        x = h_out.new_empty(1).expand(*x.shape[:2], *padded)
+    full_weight_shape = weight.shape
+    taps = None if pads else _taps_reading_input(x.shape[2:], h_out.shape[2:], weight, geometry)
+    if taps is not None:  # the same function of x with the kernel cropped to these taps
+        weight, symmetric = weight[(slice(None), slice(None), *taps.kernel)], taps.padding
+    if wants_input:
+        weight = weight.square()
+    h_in, h_weight, _ = torch.ops.aten.convolution_backward(
         h_out, x, weight, None, list(geometry.stride), symmetric, list(geometry.dilation),
-        geometry.transposed, list(output_padding), geometry.groups, mask,
+        geometry.transposed, list(geometry.output_padding or (0,) * n), geometry.groups,
+        [wants_input, wants_weight, False],
     )  # fmt: skip
-    return result[which]
+    if taps is not None and h_weight is not None:  # the other taps only ever read zeros
+        cropped, h_weight = h_weight, h_weight.new_zeros(full_weight_shape)
+        h_weight[(slice(None), slice(None), *taps.kernel)] = cropped
+    if h_in is not None:
+        for dim, (before, after) in enumerate(excess, start=2):
+            h_in = h_in.narrow(dim, before, h_in.shape[dim] - before - after)
+        if not batched:
+            h_in = h_in.squeeze(0)
+    return h_in, h_weight
+
+
+class Taps(NamedTuple):
+    kernel: tuple[slice, ...]  # the kernel taps kept, per spatial dimension
+    padding: list[int]  # the (symmetric) padding of the cropped convolution
+
+
+def _taps_reading_input(
+    size_in: Sequence[int], size_out: Sequence[int], weight: Tensor, geometry: ConvGeometry
+) -> Taps | None:
+    """Where padding is as wide as the input is small (e.g. a 3x3 kernel with padding 1 on a
+    1x1 input, as in ResNet's last stage on 32x32 images), some kernel taps read only padding
+    zeros at every output position: their weight diagonal is 0 and they add nothing to the
+    input's. Cropping the kernel to the taps that read the input (and the padding to match)
+    gives the same function of x at a fraction of the cost. Returns None when no tap can be
+    cropped, or the cropped padding would not be symmetric (ATen's convolution needs that)."""
+    if geometry.transposed or not any(pad for pad, _ in geometry.padding):
+        return None  # without padding every tap reads the input somewhere
+    kernel, padding = [], []
+    for size, out, k_size, s, d, (pad, _) in zip(
+        size_in, size_out, weight.shape[2:], geometry.stride, geometry.dilation,
+        geometry.padding, strict=True,
+    ):  # fmt: skip
+        # tap k reads input entry s p + d k - pad at output position p = 0 .. out - 1
+        reads = [
+            k
+            for k in range(k_size)
+            if _multiple_in(s, max(pad - d * k, 0), min(size - 1 + pad - d * k, s * (out - 1)))
+        ]
+        if not reads:
+            return None
+        first, last = reads[0], reads[-1]
+        before, after = pad - d * first, pad - d * (k_size - 1 - last)
+        if before != after or before < 0:
+            return None
+        kernel.append(slice(first, last + 1))
+        padding.append(before)
+    if all(k.stop - k.start == k_size for k, k_size in zip(kernel, weight.shape[2:], strict=True)):
+        return None
+    return Taps(tuple(kernel), padding)
+
+
+def _multiple_in(step: int, low: int, high: int) -> bool:
+    """Whether some multiple of ``step`` lies in [low, high] (low >= 0)."""
+    return -(-low // step) * step <= high
 
 
 def conv_input(h_out: Tensor, x: Tensor, weight: Tensor, geometry: ConvGeometry) -> Tensor:
-    """h_x = conv-backward-data(h_z, W^2): the gradient map applied to h_z with squared weights.
-
-    ``x`` (the forward input) supplies only the shape and memory layout; batched
-    (N, C, *spatial) or unbatched (C, *spatial).
-    """
-    h_out, x, batched = _batched(h_out, x, weight)
-    _, excess = _split_padding(geometry)
-    if any(before or after for before, after in excess):
-        padded = [s + b + a for s, (b, a) in zip(x.shape[2:], excess, strict=True)]
-        x = h_out.new_empty(1).expand(*x.shape[:2], *padded)
-    h_in = _convolution_backward(h_out, x, weight.square(), geometry, which=0)
-    for dim, (before, after) in enumerate(excess, start=2):
-        h_in = h_in.narrow(dim, before, h_in.shape[dim] - before - after)
-    return h_in if batched else h_in.squeeze(0)
+    """h_x = conv-backward-data(h_z, W^2): the gradient map applied to h_z with squared weights
+    (``x`` supplies only the shape and memory layout)."""
+    return conv_diagonals(h_out, x, weight, geometry, wants_weight=False)[0]
 
 
 def conv_weight(h_out: Tensor, x: Tensor, weight: Tensor, geometry: ConvGeometry) -> Tensor:
-    """h_W = conv-backward-weight(h_z, x^2), summed over the batch.
-
-    ``weight`` supplies only the shape; ``x`` is the forward input, batched or unbatched.
-    """
-    h_out, x, _ = _batched(h_out, x, weight)
-    _, excess = _split_padding(geometry)
-    x_squared = x.square()
-    if any(before or after for before, after in excess):
-        x_squared = F.pad(x_squared, [v for pair in reversed(excess) for v in pair])
-    return _convolution_backward(h_out, x_squared, weight, geometry, which=1)
+    """h_W = conv-backward-weight(h_z, x^2), summed over the batch (``weight`` supplies only the
+    shape)."""
+    return conv_diagonals(h_out, x, weight, geometry, wants_input=False)[1]
 
 
 def conv_bias(h_out: Tensor, spatial_dims: int) -> Tensor:
     """h_b[o] = sum of h_z over batch (if any) and the ``spatial_dims`` trailing dimensions."""
     channel_dim = h_out.dim() - spatial_dims - 1
-    return h_out.sum([d for d in range(h_out.dim()) if d != channel_dim])
+    return upcast(h_out).sum([d for d in range(h_out.dim()) if d != channel_dim])

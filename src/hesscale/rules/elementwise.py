@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor
 
+from hesscale.rules.precision import exp_without_subnormals, promote, upcast
+
 Derivatives = tuple[Tensor, Tensor]
 
 
@@ -21,6 +23,7 @@ def elementwise_input(
     h_out: Tensor, g_out: Tensor | None, first: Tensor, second: Tensor | float
 ) -> Tensor:
     """h_x = first^2 * h_z + second * g_z, where first = sigma'(x), second = sigma''(x)."""
+    h_out, g_out, first, second = promote(h_out, g_out, first, second)
     h_in = (h_out * first).mul_(first)  # first^2 * h_z, with one new tensor
     if g_out is None or (not isinstance(second, Tensor) and second == 0):
         return h_in
@@ -123,7 +126,10 @@ def gelu_derivatives(x: Tensor, approximate: str = "none") -> Derivatives:
     With approximate='tanh', gelu(x) = x (1 + tanh(u)) / 2, u = c (x + 0.044715 x^3),
     c = sqrt(2 / pi): sigma' = (1 + t) / 2 + x (1 - t^2) u' / 2 and
     sigma'' = (1 - t^2) u' + x (1 - t^2) (u'' - 2 t u'^2) / 2.
+
+    Powers of x overflow float16 for moderate |x| (inf * 0 = NaN), so x is upcast first.
     """
+    x = upcast(x)
     if approximate == "tanh":
         c = math.sqrt(2.0 / math.pi)
         u = c * (x + 0.044715 * x**3)
@@ -136,9 +142,10 @@ def gelu_derivatives(x: Tensor, approximate: str = "none") -> Derivatives:
         return first, second
     if approximate != "none":
         raise ValueError(f"GELU approximate={approximate!r} is not supported; use 'none' or 'tanh'")
-    pdf = torch.exp(-0.5 * x.square()) / math.sqrt(2 * math.pi)
-    cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2.0)))
-    return cdf + x * pdf, pdf * (2 - x.square())
+    half_square = x.square().mul_(-0.5)  # -x^2 / 2
+    pdf = half_square.exp().mul_(1 / math.sqrt(2 * math.pi))  # subnormal only for |x| > 13
+    first = torch.ops.aten.gelu_backward(x.new_ones(()).expand_as(x), x)  # Phi + x phi
+    return first, pdf.mul_(half_square.mul_(2).add_(2))  # phi (2 - x^2)
 
 
 # elementwise functions of arithmetic (the engine's operations on any tensor) ---------------
@@ -196,3 +203,134 @@ def mish_derivatives(x: Tensor) -> Derivatives:
     s = torch.sigmoid(x)
     u = (1 - t.square()) * s
     return t + x * u, u * (2 + x * (1 - s - 2 * t * s))
+
+
+LN2 = math.log(2.0)
+LN10 = math.log(10.0)
+TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+
+def sin_derivatives(x: Tensor) -> Derivatives:
+    """sin(x): sigma' = cos x, sigma'' = -sin x."""
+    return torch.cos(x), -torch.sin(x)
+
+
+def cos_derivatives(x: Tensor) -> Derivatives:
+    """cos(x): sigma' = -sin x, sigma'' = -cos x."""
+    return -torch.sin(x), -torch.cos(x)
+
+
+def tan_derivatives_from_output(t: Tensor) -> Derivatives:
+    """tan(x) = t: sigma' = 1 + t^2, sigma'' = 2 t (1 + t^2)."""
+    first = 1 + t.square()
+    return first, 2 * t * first
+
+
+def sinh_derivatives(x: Tensor) -> Derivatives:
+    """sinh(x): sigma' = cosh x, sigma'' = sinh x."""
+    return torch.cosh(x), torch.sinh(x)
+
+
+def cosh_derivatives(x: Tensor) -> Derivatives:
+    """cosh(x): sigma' = sinh x, sigma'' = cosh x."""
+    return torch.sinh(x), torch.cosh(x)
+
+
+def atan_derivatives(x: Tensor) -> Derivatives:
+    """atan(x): sigma' = 1 / (1 + x^2), sigma'' = -2 x / (1 + x^2)^2."""
+    first = (1 + x.square()).reciprocal()
+    return first, -2 * x * first.square()
+
+
+def erf_derivatives(x: Tensor) -> Derivatives:
+    """erf(x): sigma' = 2 / sqrt(pi) exp(-x^2), sigma'' = -2 x sigma'."""
+    first = TWO_OVER_SQRT_PI * exp_without_subnormals(-x.square())
+    return first, -2 * x * first
+
+
+def erfc_derivatives(x: Tensor) -> Derivatives:
+    """erfc(x) = 1 - erf(x): the negated derivatives of erf."""
+    first, second = erf_derivatives(x)
+    return -first, -second
+
+
+def log1p_derivatives(x: Tensor) -> Derivatives:
+    """log(1 + x): sigma' = 1 / (1 + x), sigma'' = -1 / (1 + x)^2."""
+    inverse = (1 + x).reciprocal()
+    return inverse, -inverse.square()
+
+
+def log_base_derivatives(x: Tensor, base_log: float) -> Derivatives:
+    """log(x) / log(b) (log2: b = 2, log10: b = 10): log's derivatives divided by log(b)."""
+    inverse = x.reciprocal() / base_log
+    return inverse, -inverse * x.reciprocal()
+
+
+def expm1_derivatives_from_output(z: Tensor) -> Derivatives:
+    """exp(x) - 1 = z: sigma' = sigma'' = z + 1."""
+    first = z + 1
+    return first, first
+
+
+def exp2_derivatives_from_output(z: Tensor) -> Derivatives:
+    """2^x = z: sigma' = z log 2, sigma'' = z log(2)^2."""
+    first = z * LN2
+    return first, first * LN2
+
+
+def logit_derivatives(x: Tensor, eps: float | None) -> Derivatives:
+    """log(x / (1 - x)): sigma' = 1 / (x (1 - x)), sigma'' = (2 x - 1) / (x (1 - x))^2. With
+    ``eps`` torch clamps x to [eps, 1 - eps] first: both are zero outside (as torch's gradient)."""
+    inverse = (x * (1 - x)).reciprocal()
+    first, second = inverse, (2 * x - 1) * inverse.square()
+    if eps is not None:
+        outside = (x < eps) | (x > 1 - eps)
+        first, second = first.masked_fill(outside, 0), second.masked_fill(outside, 0)
+    return first, second
+
+
+def hardswish_derivatives(x: Tensor) -> Derivatives:
+    """x relu6(x + 3) / 6: sigma' = 0 below -3, x / 3 + 1/2 on [-3, 3], 1 above (torch's
+    choice at the kinks); sigma'' = 1/3 on (-3, 3), 0 elsewhere."""
+    first = torch.where(x < -3, 0.0, torch.where(x <= 3, x / 3 + 0.5, 1.0))
+    return first, ((x > -3) & (x < 3)).to(x.dtype) / 3
+
+
+def hardsigmoid_derivatives(x: Tensor) -> Derivatives:
+    """relu6(x + 3) / 6: sigma' = 1/6 on (-3, 3), 0 elsewhere; sigma'' = 0."""
+    return ((x > -3) & (x < 3)).to(x.dtype) / 6, 0.0
+
+
+def rrelu_derivatives(
+    x: Tensor, noise: Tensor, lower: float, upper: float, training: bool
+) -> Derivatives:
+    """Randomized leaky ReLU: in training, z = x * noise (noise holds each entry's slope, 1
+    where x > 0); in evaluation a leaky ReLU of slope (lower + upper) / 2. sigma'' = 0."""
+    if training and upper - lower > 1e-6:  # torch's test for a random slope
+        return noise, 0.0
+    return leaky_relu_derivatives(x, (lower + upper) / 2)
+
+
+def glu_input(x: Tensor, h_out: Tensor | None, g_out: Tensor | None, dim: int) -> Tensor:
+    """z = a * sigmoid(b) with (a, b) the two halves of x along ``dim``; s = sigmoid(b):
+    h_a = s^2 h_z, h_b = (a s (1 - s))^2 h_z + a s (1 - s) (1 - 2 s) g_z (z is linear in a),
+    concatenated back along ``dim``."""
+    a, b = x.chunk(2, dim)
+    s = torch.sigmoid(b)
+    d_b = a * s * (1 - s)
+    h_a = torch.zeros_like(a) if h_out is None else h_out * s.square()
+    h_b = torch.zeros_like(b) if h_out is None else h_out * d_b.square()
+    if g_out is not None:
+        h_b = h_b + g_out * d_b * (1 - 2 * s)
+    return torch.cat([h_a, h_b], dim)
+
+
+def prelu_input(h_out: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+    """z = x for x > 0, w x otherwise (w broadcast against x): h_x = where(x > 0, 1, w)^2 h_z;
+    z is linear in x (and in w) on each side."""
+    return h_out * torch.where(x > 0, 1.0, weight).square()
+
+
+def prelu_weight(h_out: Tensor, x: Tensor) -> Tensor:
+    """h_w = where(x > 0, 0, x)^2 h_z, in x's shape (summed over the entries sharing w)."""
+    return h_out * torch.where(x > 0, 0.0, x).square()

@@ -1,9 +1,20 @@
-"""Batch normalisation in evaluation mode, an affine map per channel (dim 1):
-z = gamma * x_hat + beta with x_hat = (x - running_mean) / sqrt(running_var + eps)."""
+"""Normalisation layers.
+
+- Batch normalisation in evaluation mode, an affine map per channel (dim 1):
+  z = gamma * x_hat + beta with x_hat = (x - running_mean) / sqrt(running_var + eps).
+- Standardisation with the statistics of the entries themselves (BatchNorm in train mode,
+  LayerNorm, GroupNorm, InstanceNorm), one operation whose full Jacobian couples the entries
+  of each group: ``standardisation_input``, in closed form, O(n) per group of n entries.
+"""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import torch
 from torch import Tensor
+
+from hesscale.rules.precision import promote, upcast
 
 
 def _per_channel(values: Tensor, ndim: int) -> Tensor:
@@ -18,6 +29,7 @@ def batchnorm_eval_input(
     h_out: Tensor, running_var: Tensor, eps: float, weight: Tensor | None
 ) -> Tensor:
     """h_x = h_z * gamma^2 / (running_var + eps)."""
+    h_out, running_var, weight = promote(h_out, running_var, weight)
     scale = 1.0 / (running_var + eps)
     if weight is not None:
         scale = scale * weight.square()
@@ -28,6 +40,7 @@ def batchnorm_eval_normalised(
     x: Tensor, running_mean: Tensor, running_var: Tensor, eps: float
 ) -> Tensor:
     """x_hat = (x - running_mean) / sqrt(running_var + eps)."""
+    x, running_mean, running_var = promote(x, running_mean, running_var)
     return (x - _per_channel(running_mean, x.dim())) / _per_channel(
         (running_var + eps).sqrt(), x.dim()
     )
@@ -35,9 +48,110 @@ def batchnorm_eval_normalised(
 
 def batchnorm_weight(h_out: Tensor, x_hat: Tensor) -> Tensor:
     """h_gamma = sum over batch and space of h_z * x_hat^2."""
+    h_out, x_hat = promote(h_out, x_hat)
     return _sum_except_channel(h_out * x_hat.square())
 
 
 def batchnorm_bias(h_out: Tensor) -> Tensor:
     """h_beta = sum over batch and space of h_z."""
-    return _sum_except_channel(h_out)
+    return _sum_except_channel(upcast(h_out))
+
+
+# Standardisation with the statistics of the current entries (BatchNorm in train mode,
+# LayerNorm, GroupNorm, InstanceNorm) ------------------------------------------------------
+
+
+def standardised(x: Tensor, mean: Tensor, invstd: Tensor) -> Tensor:
+    """y = (x - mean) * invstd, the statistics broadcast over each group's entries."""
+    return (x - mean).mul_(invstd)
+
+
+class Standardisation(NamedTuple):
+    """What ``standardisation_input`` returns: the diagonal w.r.t. x, and the group sums
+    sum h_z y^2 and sum h_z (size 1 along the group's dims; None when h_z is), which are the
+    diagonals of a gain and a shift per group (BatchNorm's weight and bias)."""
+
+    input: Tensor | None
+    gain: Tensor | None
+    shift: Tensor | None
+
+
+def standardisation_input(
+    h_out: Tensor | None,
+    g_out: Tensor | None,
+    y: Tensor,
+    invstd: Tensor,
+    dims: tuple[int, ...],
+    gain: Tensor | None = None,
+) -> Standardisation:
+    """The diagonal w.r.t. x of z = gain * y, y = (x - mean(x)) / sqrt(var(x) + eps), where
+    mean and (biased) var run over each group of n entries, the entries that share their index
+    outside ``dims``. ``invstd`` = r = 1 / sqrt(var + eps) and ``gain`` (None: 1) are per group
+    (broadcastable, size 1 along ``dims``); a gain that varies within a group (LayerNorm's
+    weight) is applied by the caller: h_z * gain^2 and g_z * gain.
+
+    Within a group, dy_k / dx_i = r (delta_ki - (1 + y_k y_i) / n), so with the group sums
+    S_p = sum_k h_k y_k^p and G_p = sum_k g_k y_k^p (h, g w.r.t. y) and no Jacobian formed:
+
+        diag(J^T diag(h) J)_i = r^2 [h_i (1 - 2 (1 + y_i^2) / n)
+                                     + (S_0 + 2 y_i S_1 + y_i^2 S_2) / n^2],
+        sum_k g_k d^2 y_k / dx_i^2 = -(r^2 / n) [2 y_i (g_i - G_0 / n)
+                                                 + G_1 (1 - (1 + 3 y_i^2) / n)].
+
+    Their sum is evaluated as a0 + y (a1 + y (a2 - 2 n k h) - 2 c g) + (n^2 - 2n) k h with
+    k = gain^2 r^2 / n^2, c = gain r^2 / n and the per-group a0 = k S_0 - c (1 - 1/n) G_1,
+    a1 = 2 k S_1 + 2 c G_0 / n, a2 = k S_2 + 3 c G_1 / n. Either of h_out, g_out may be None
+    (zero).
+    """
+    if h_out is None and g_out is None:
+        return Standardisation(None, None, None)
+    n = 1
+    for d in dims:
+        n *= y.shape[d]
+    r2 = invstd.square()
+    a0 = a1 = a2 = 0.0
+    s0 = s2 = None
+    # few passes and one new full-size tensor (``result``) besides a product: on the CPU every
+    # fresh large allocation costs page faults
+    if h_out is not None:
+        k = r2 / (n * n) if gain is None else r2 * gain.square() / (n * n)
+        result = h_out * y
+        a1 = result.sum(dims, keepdim=True) * (2 * k)
+        s2 = result.mul_(y).sum(dims, keepdim=True)
+        s0 = h_out.sum(dims, keepdim=True)
+        a0, a2 = k * s0, k * s2
+    if g_out is not None:
+        c = r2 / n if gain is None else r2 * gain / n
+        gy = g_out * y
+        g1 = gy.sum(dims, keepdim=True)
+        g0 = g_out.sum(dims, keepdim=True)
+        a0 = a0 - c * g1 * (1 - 1 / n)
+        a1 = a1 + c * g0 * (2 / n)
+        a2 = a2 + c * g1 * (3 / n)
+        if h_out is None:
+            result = gy
+    if h_out is not None:
+        torch.mul(h_out, k * (-2 * n), out=result).add_(a2)
+    else:
+        result.zero_().add_(a2)
+    result.mul_(y).add_(a1)
+    if g_out is not None:
+        result.addcmul_(g_out, c, value=-2)
+    result.mul_(y).add_(a0)
+    if h_out is not None:
+        result.addcmul_(h_out, k, value=n * n - 2 * n)
+    return Standardisation(result, s2, s0)
+
+
+def affine_weight(h_out: Tensor, y: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """z = w * y + b with w broadcast over ``dims``: h_w = sum over ``dims`` of h_z * y^2."""
+    return _sum(h_out * y.square(), dims)
+
+
+def affine_bias(h_out: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """z = w * y + b with b broadcast over ``dims``: h_b = sum over ``dims`` of h_z."""
+    return _sum(h_out, dims)
+
+
+def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
+    return t.sum(dims) if dims else t  # (torch sums everything over an empty tuple)

@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hesscale.internals import adaptive_avg_pool_backward
+from hesscale.rules.precision import promote, upcast
+
 Ints = tuple[int, ...]
 
 
@@ -36,6 +39,7 @@ def max_pool_input(h_out: Tensor, indices: Tensor, input_shape: Ints, spatial_di
     layout): flat positions of the maxima within each input plane, a plane being the last
     ``spatial_dims`` dims of ``input_shape``.
     """
+    h_out = upcast(h_out)
     planes = math.prod(input_shape[: len(input_shape) - spatial_dims])
     h_in = h_out.new_zeros(planes, math.prod(input_shape[len(input_shape) - spatial_dims :]))
     h_in.scatter_add_(1, indices.reshape(planes, -1), h_out.reshape(planes, -1))
@@ -56,6 +60,7 @@ def avg_pool_input(
 
     n = len(kernel_size) spatial dims; ``x`` is the forward input (its shape is what matters).
     """
+    h_out, x = promote(h_out, x)
     args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     factor = avg_pool_factors(x.shape[-len(kernel_size) :], *args, like=h_out)
     return _avg_pool_backward(h_out * factor, x, *args)
@@ -86,17 +91,12 @@ def avg_pool_factors(
 
 def adaptive_avg_pool_input(h_out: Tensor, x: Tensor, spatial_dims: int) -> Tensor:
     """h_x = A^T(h_z / c), A^T the adaptive pooling's vjp, c_k the window size of output k."""
+    h_out, x = promote(h_out, x)
     sizes = adaptive_window_sizes(x.shape[-spatial_dims:], h_out.shape[-spatial_dims:], h_out)
     grad = h_out / sizes
-    if spatial_dims == 1:
-        return torch.ops.aten._adaptive_avg_pool2d_backward(
-            grad.unsqueeze(-2), x.unsqueeze(-2)
-        ).squeeze(-2)
-    backward = {
-        2: torch.ops.aten._adaptive_avg_pool2d_backward,
-        3: torch.ops.aten._adaptive_avg_pool3d_backward,
-    }[spatial_dims]
-    return backward(grad, x)
+    if spatial_dims == 1:  # as 2-d pooling of height 1
+        return adaptive_avg_pool_backward(grad.unsqueeze(-2), x.unsqueeze(-2), 2).squeeze(-2)
+    return adaptive_avg_pool_backward(grad, x, spatial_dims)
 
 
 def adaptive_window_sizes(input_size: Ints, output_size: Ints, like: Tensor) -> Tensor:

@@ -27,3 +27,9 @@ def dropout_input(h_out: Tensor, output: Tensor, p: float) -> Tensor:
     (An input that was exactly zero is indistinguishable from a dropped one; its h_x is 0.)
     """
     return (output != 0) * h_out / (1 - p) ** 2
+
+
+def masked_scale_input(h_out: Tensor, mask: Tensor, scale: float) -> Tensor:
+    """z = x * m * c for a 0/1 mask m and a number c (dropout: c = 1 / (1 - p)):
+    h_x = m c^2 h_z."""
+    return h_out * mask * (scale * scale)

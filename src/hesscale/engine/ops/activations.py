@@ -7,6 +7,7 @@ from hesscale.engine.ops.common import unary
 from hesscale.engine.registry import register
 from hesscale.internals import saved_value
 from hesscale.rules import elementwise, softmax
+from hesscale.rules.precision import exp_without_subnormals, upcast
 
 
 @register("ReluBackward0")
@@ -58,6 +59,16 @@ def elu_inplace(call: NodeCall):
     return unary(call, lambda: elementwise.elu_derivatives_from_output(call.saved("result"), *args))
 
 
+@register("CeluBackward1")
+def celu_inplace(call: NodeCall):
+    """In-place CELU: from the output, as ELU with input scale 1 / alpha."""
+    alpha = call.saved("alpha")
+    result = call.saved("result")
+    return unary(
+        call, lambda: elementwise.elu_derivatives_from_output(result, alpha, 1.0, 1.0 / alpha)
+    )
+
+
 @register("CeluBackward0")
 def celu(call: NodeCall):
     """celu(x, alpha) = elu with input scale 1 / alpha."""
@@ -96,14 +107,71 @@ def mish(call: NodeCall):
     return unary(call, lambda: elementwise.mish_derivatives(call.saved("self")))
 
 
+@register("HardswishBackward0")
+def hardswish(call: NodeCall):
+    return unary(call, lambda: elementwise.hardswish_derivatives(call.saved("self")))
+
+
+@register("HardsigmoidBackward0")
+def hardsigmoid(call: NodeCall):
+    return unary(call, lambda: elementwise.hardsigmoid_derivatives(call.saved("self")))
+
+
+@register("RreluWithNoiseBackward0")
+def rrelu(call: NodeCall):
+    """Randomized leaky ReLU (rules.elementwise.rrelu_derivatives)."""
+    return unary(call, lambda: _rrelu_derivatives(call, call.saved("self")))
+
+
+def _nonnegative_lower(node) -> str | None:
+    if saved_value(node, "lower") < 0:
+        return "in-place rrelu with a negative lower bound (use inplace=False)"
+    return None
+
+
+@register("RreluWithNoiseBackward1", check=_nonnegative_lower)
+def rrelu_inplace(call: NodeCall):
+    """In-place: the output is positive exactly where the input is (for slopes >= 0)."""
+    return unary(call, lambda: _rrelu_derivatives(call, call.saved("result")))
+
+
+def _rrelu_derivatives(call: NodeCall, x):
+    args = call.saved("noise"), call.saved("lower"), call.saved("upper"), call.saved("training")
+    return elementwise.rrelu_derivatives(x, *args)
+
+
+@register("GluBackward0")
+def glu(call: NodeCall):
+    """GLU a * sigmoid(b) over the halves of x (rules.elementwise.glu_input)."""
+    h, g = call.h, call.g
+    if h is None and g is None:
+        return (None,)
+    return (elementwise.glu_input(call.saved("self"), h, g, call.saved("dim")),)
+
+
+@register("PreluKernelBackward0")
+def prelu(call: NodeCall):
+    """nn.PReLU / F.prelu: z = x for x > 0, w x otherwise; w as the kernel sees it (viewed to
+    broadcast against x, so the engine's sum over broadcast entries gives each weight its
+    share)."""
+    h = call.h
+    if h is None:
+        return None, None
+    x, weight = call.saved("self"), call.saved("weight")
+    return (
+        elementwise.prelu_input(h, x, weight) if call.needs(0) else None,
+        elementwise.prelu_weight(h, x) if call.needs(1) else None,
+    )
+
+
 @register("SoftmaxBackward0")
 def softmax_(call: NodeCall):
     """Softmax along ``dim``, with its full Jacobian (rules.softmax)."""
     h, g = call.h, call.g
     if h is None and g is None:
         return (None,)
-    probs = call.saved("result")
-    return (softmax.softmax_input(probs, _or_zeros(h, probs), g, call.saved("dim")),)
+    probs = upcast(call.saved("result"))
+    return (softmax.softmax_input(probs, h, g, call.saved("dim")),)
 
 
 @register("LogSoftmaxBackward0")
@@ -112,9 +180,5 @@ def log_softmax(call: NodeCall):
     h, g = call.h, call.g
     if h is None and g is None:
         return (None,)
-    probs = call.saved("result").exp()
-    return (softmax.log_softmax_input(probs, _or_zeros(h, probs), g, call.saved("dim")),)
-
-
-def _or_zeros(h, like):
-    return like.new_zeros(()).expand_as(like) if h is None else h
+    probs = exp_without_subnormals(upcast(call.saved("result")))
+    return (softmax.log_softmax_input(probs, h, g, call.saved("dim")),)

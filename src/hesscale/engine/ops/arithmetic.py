@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from hesscale.engine.call import NodeCall
-from hesscale.engine.ops.common import scaled, unary
+from hesscale.engine.ops.common import backward_formula, entrywise_linear, scaled, unary
 from hesscale.engine.registry import register
-from hesscale.internals import apply_backward
 from hesscale.rules import arithmetic, elementwise
+from hesscale.rules.elementwise import elementwise_input
 
 
 @register("AddBackward0", "SubBackward0")
@@ -112,12 +112,12 @@ def mean(call: NodeCall):
     h = call.h
     if h is None:
         return (None,)
-    spread = apply_backward(call.node, h)[0]  # h_z / n in the input's shape
+    spread = backward_formula(call.node, h)[0]  # h_z / n in the input's shape
     n = call.saved("self_sym_numel") // max(h.numel(), 1)
     return (spread / n,)
 
 
-@register(
+SELECT_ENTRIES = (
     "WhereBackward0",
     "MaskedFillBackward0",
     "MaskedFillBackward1",
@@ -125,12 +125,134 @@ def mean(call: NodeCall):
     "ClampBackward1",
     "ClampMinBackward0",
     "ClampMaxBackward0",
-    "HardtanhBackward0",
+    "HardtanhBackward0",  # also F.relu6
 )
+
+
+@register(*SELECT_ENTRIES)
 def select_entries(call: NodeCall):
     """Each output entry is one input entry or a constant (where, masked_fill, clamp and
     hardtanh with their bounds): J holds zeros and ones and there is no curvature, so
     h = J^T h_z, the node's own backward formula applied to h_z."""
     if call.h is None:
         return (None,) * len(call.grad_in)
-    return apply_backward(call.node, call.h)
+    return backward_formula(call.node, call.h)
+
+
+# Each input entry reaches one output entry (per broadcast copy), (piecewise) linearly or
+# multilinearly: no curvature on the diagonal.
+ENTRYWISE_LINEAR = (
+    "MinimumBackward0",  # ties: torch gives each input half the gradient, so J = 1/2 there
+    "MaximumBackward0",
+    "FminBackward0",
+    "FmaxBackward0",
+    "AddcmulBackward0",  # x + v t1 t2
+    "LerpBackward0",  # x + w (y - x), w a number
+    "LerpBackward1",  # w a tensor: bilinear in (w, x) and (w, y)
+)
+
+
+@register(*ENTRYWISE_LINEAR)
+def entrywise(call: NodeCall):
+    """h_x = (J^T h_z) * (J^T 1): the node's backward formula applied to h_z and to ones."""
+    return entrywise_linear(call)
+
+
+@register("AddcdivBackward0")
+def addcdiv(call: NodeCall):
+    """z = x + v t1 / t2: h_x = h_z, h_t1 = v^2 h_z / t2^2,
+    h_t2 = (v t1 / t2^2)^2 h_z + 2 v t1 / t2^3 g_z (rules.arithmetic's quotient)."""
+    h, g = call.h, call.g
+    value = call.saved("value")
+    numerator, denominator = call.saved("tensor1"), call.saved("tensor2")
+    h_t1 = h_t2 = None
+    if h is not None and call.needs(1):
+        h_t1 = scaled(arithmetic.quotient_numerator(h, denominator), value)
+    if call.needs(2) and (h is not None or g is not None):
+        quotient = value * numerator / denominator
+        h_t2 = arithmetic.quotient_denominator(h, g, quotient, denominator)
+    return h, h_t1, h_t2
+
+
+def _two_inputs(call: NodeCall, derivatives):
+    """z = f(x, y) entrywise: each input gets first^2 h_z + second g_z (the other held
+    fixed); ``derivatives()`` returns ((first_x, second_x), (first_y, second_y))."""
+    h, g = call.h, call.g
+    if h is None and g is None:
+        return None, None
+    results = []
+    for i, (first, second) in enumerate(derivatives()):
+        if not call.needs(i):
+            results.append(None)
+        elif h is None:
+            results.append(None if isinstance(second, float) and second == 0 else second * g)
+        else:
+            results.append(elementwise_input(h.expand_as(first), g, first, second))
+    return tuple(results)
+
+
+@register("PowBackward1")
+def pow_tensor(call: NodeCall):
+    """z = x^y, both tensors: for x, y x^(y-1) and y (y-1) x^(y-2); for y, z log x and
+    z log(x)^2 (rules.arithmetic)."""
+    x, y = call.saved("self"), call.saved("exponent")
+
+    def derivatives():
+        return (
+            arithmetic.power_base_derivatives(x, y) if call.needs(0) else (None, None),
+            arithmetic.power_exponent_derivatives(x, y, call.saved("result"))
+            if call.needs(1)
+            else (None, None),
+        )
+
+    return _two_inputs(call, derivatives)
+
+
+@register("PowBackward2")
+def pow_number_base(call: NodeCall):
+    """z = b^y for a number b: z log b and z log(b)^2."""
+    base, y = call.saved("self"), call.saved("exponent")
+    return unary(call, lambda: arithmetic.power_exponent_derivatives(base, y, call.saved("result")))
+
+
+@register("XlogyBackward0")
+def xlogy(call: NodeCall):
+    """z = x log y: h_x = log(y)^2 h_z (linear in x); h_y = (x / y)^2 h_z - x / y^2 g_z."""
+    x, y = call.saved("self"), call.saved("other")
+
+    def derivatives():
+        d_x, d_y, d2_y = arithmetic.xlogy_derivatives(x, y)
+        return (d_x, 0.0), (d_y, d2_y)
+
+    return _two_inputs(call, derivatives)
+
+
+@register("Atan2Backward0")
+def atan2(call: NodeCall):
+    """z = atan2(y, x) (rules.arithmetic)."""
+    y, x = call.saved("self"), call.saved("other")
+
+    def derivatives():
+        d_y, d2_y, d_x, d2_x = arithmetic.atan2_derivatives(y, x)
+        return (d_y, d2_y), (d_x, d2_x)
+
+    return _two_inputs(call, derivatives)
+
+
+# Functions whose derivative is zero wherever it exists (torch's gradient is zero): nothing
+# propagates.
+ZERO_DERIVATIVE = (
+    "SignBackward0",
+    "SgnBackward0",
+    "FloorBackward0",
+    "CeilBackward0",
+    "RoundBackward0",
+    "RoundBackward1",
+    "TruncBackward0",
+)
+
+
+@register(*ZERO_DERIVATIVE)
+def zero_derivative(call: NodeCall):
+    """h_x = 0 (J = 0 and no curvature)."""
+    return (None,) * len(call.grad_in)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hesscale.engine.call import NodeCall
 from hesscale.engine.ops.common import scaled
 from hesscale.engine.registry import register
+from hesscale.internals import has_saved_value
 from hesscale.rules import arithmetic, matmul
 
 
@@ -17,9 +18,19 @@ def _product(call: NodeCall, left: str, right: str, alpha: float = 1.0):
     h_left = h_right = None
     if call.needs(first):
         h_left = scaled(matmul.matmul_left(h, call.saved(right)), alpha)
-    if call.needs(second):
-        h_right = scaled(matmul.matmul_right(h, call.saved(left)), alpha)
+    if call.needs(second):  # in the layout of the right factor (a weight's, for nn.Linear)
+        transposed = _column_major(call, right)
+        h_right = scaled(matmul.matmul_right(h, call.saved(left), transposed), alpha)
     return h_left, h_right
+
+
+def _column_major(call: NodeCall, name: str) -> bool:
+    """Whether the matrix saved as ``name`` is stored transposed (W^T of nn.Linear); torch saves
+    its strides even when it does not save the matrix itself."""
+    if not has_saved_value(call.node, name + "_sym_strides"):
+        return False
+    strides = call.saved(name + "_sym_strides")
+    return len(strides) == 2 and strides[0] == 1 and strides[1] != 1
 
 
 @register("MmBackward0", "BmmBackward0")

@@ -10,9 +10,14 @@ which is the node's own backward formula applied to h_z instead of the gradient.
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from hesscale.engine.call import NodeCall
+from hesscale.engine.ops.common import backward_formula
 from hesscale.engine.registry import register
-from hesscale.internals import apply_backward
+from hesscale.internals import output_shape, saved_value
 
 ZERO_ONE_JACOBIAN = (
     # views and reshapes
@@ -58,6 +63,38 @@ ZERO_ONE_JACOBIAN = (
     # sums
     "SumBackward0",
     "SumBackward1",
+    "CumsumBackward0",  # z_k = sum_{i <= k} x_i: a 0/1 lower-triangular Jacobian
+    # reductions that pick one entry by index (ties: the index torch returned)
+    "MaxBackward0",
+    "MinBackward0",
+    "KthvalueBackward0",
+    "MedianBackward1",
+    "NanmedianBackward1",
+    "SortBackward0",
+    "TopkBackward0",
+    "CummaxBackward0",
+    "CumminBackward0",
+    # writes into a tensor (in place or not): each output entry is an entry of the tensor, of
+    # the values written, or a constant (duplicate indices: torch's gradient convention)
+    "torch::autograd::CopyBackwards",  # x.copy_(y)
+    "MaskedScatterBackward0",
+    "ScatterBackward0",
+    "ScatterBackward1",
+    "ScatterAddBackward0",
+    "IndexCopyBackward0",
+    "IndexFillBackward0",
+    "IndexFillBackward1",
+    "FillBackward0",
+    "FillBackward1",
+    "FillBackward2",  # x.fill_(c)
+    "FillBackward3",
+    "ZeroBackward0",  # x.zero_()
+    # entries passed through or replaced by a constant: threshold, shrinkage
+    "ThresholdBackward0",
+    "ThresholdBackward1",
+    "HardshrinkBackward0",
+    "SoftshrinkBackward0",  # x -+ lambda outside [-lambda, lambda], 0 inside
+    "FracBackward0",  # x - trunc(x): slope 1
 )
 
 
@@ -66,7 +103,40 @@ def zero_one_jacobian(call: NodeCall):
     """h_x = J^T h_z: the node's backward formula applied to the diagonal."""
     if all(h is None for h in call.h_out):
         return (None,) * len(call.grad_in)
-    return apply_backward(call.node, *call.h_out)
+    return backward_formula(call.node, *call.h_out)
+
+
+def _no_colliding_broadcast(node) -> str | None:
+    """index_put_ with accumulate=True adds a value broadcast over repeated indices several
+    times into one entry (J = 2, 3, ...): refuse values that need a gradient and broadcast over
+    integer indices (masks cannot repeat)."""
+    values, nr = node.next_functions[1]
+    if values is None or not saved_value(node, "accumulate"):
+        return None
+    indices = saved_value(node, "indices")
+    if any(i is not None and i.dtype == torch.bool for i in indices):
+        return None
+    index_shape = torch.broadcast_shapes(*(i.shape for i in indices if i is not None))
+    shape = output_shape(node, 0)
+    indexed = index_shape.numel()
+    for dim, size in enumerate(shape):
+        if dim >= len(indices) or indices[dim] is None:
+            indexed *= size
+    if math.prod(output_shape(values, nr)) < indexed:
+        return (
+            "index_put_(..., accumulate=True) with values that need a gradient and broadcast "
+            "over the indexed entries (a value added twice at a repeated index has J = 2); "
+            "expand the values to the indexed shape first, or use index_add_"
+        )
+    return None
+
+
+@register("IndexPutBackward0", check=_no_colliding_broadcast)
+def index_put(call: NodeCall):
+    """x[idx] = y, x[mask] = y, x.index_put_(indices, y, accumulate): each output entry is an
+    entry of x, of y, or (accumulate) their sum, so h = J^T h_z (repeated indices without
+    accumulate: torch's gradient convention, every write receives the entry's gradient)."""
+    return zero_one_jacobian(call)
 
 
 @register("ToCopyBackward0")
@@ -77,8 +147,10 @@ def to_copy(call: NodeCall):
     return (None if h is None else h.to(call.grad_in[0].device),)
 
 
-@register("BackwardHookFunctionBackward")
+@register("BackwardHookFunctionBackward", "_DDPSinkBackward")
 def identity(call: NodeCall):
-    """The identity nodes nn.Module's full backward hooks insert (e.g. in BackPACK-extended
-    models): each input is passed through as the matching output, h_x = h_z."""
+    """Identity nodes that hooks insert: nn.Module's full backward hooks (e.g. in
+    BackPACK-extended models) and DistributedDataParallel's output sink (with
+    find_unused_parameters or static_graph). Each input passes through as the matching
+    output, h_x = h_z."""
     return call.h_out

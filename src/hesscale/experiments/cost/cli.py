@@ -13,9 +13,9 @@ from hesscale.experiments.cost.methods import METHODS
 from hesscale.experiments.cost.models import ACTIVATIONS, MODELS
 from hesscale.experiments.cost.report import format_table, write_outputs
 
-DEFAULT_WIDTHS = {"mlp": [128, 256, 512, 1024], "cnn": [16, 32, 64]}
-DEFAULT_DEPTHS = {"mlp": [2], "cnn": [3]}
-DEFAULT_BATCH = {"mlp": 128, "cnn": 64}
+DEFAULT_WIDTHS = {"mlp": [128, 256, 512, 1024], "cnn": [16, 32, 64], "resnet18": [64], "gpt": [128]}
+DEFAULT_DEPTHS = {"mlp": [2], "cnn": [3], "resnet18": [18], "gpt": [2]}
+DEFAULT_BATCH = {"mlp": 128, "cnn": 64, "resnet18": 16, "gpt": 4}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,16 +23,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.description = cost.__doc__
     parser.add_argument(
-        "--model", choices=sorted(MODELS), default="mlp", help="an MLP or a 3c3d-style CNN"
+        "--model",
+        choices=sorted(MODELS),
+        default="mlp",
+        help="an MLP, a 3c3d-style CNN, torchvision's ResNet-18 (32x32 inputs) or a GPT "
+        "(vocabulary 512, 64 tokens, 4 heads)",
     )
     parser.add_argument(
-        "--widths", type=int, nargs="+", help="mlp: 128 256 512 1024; cnn: 16 32 64"
+        "--widths",
+        type=int,
+        nargs="+",
+        help="mlp: 128 256 512 1024; cnn: 16 32 64; gpt: 128 (model width); resnet18: fixed",
     )
     parser.add_argument(
-        "--depths", type=int, nargs="+", help="hidden layers (mlp: 2) or convolutions (cnn: 3)"
+        "--depths",
+        type=int,
+        nargs="+",
+        help="hidden layers (mlp: 2), convolutions (cnn: 3) or blocks (gpt: 2)",
     )
-    parser.add_argument("--batch", type=int, help="mini-batch size (mlp: 128, cnn: 64)")
-    parser.add_argument("--activation", choices=sorted(ACTIVATIONS), help="mlp: tanh, cnn: relu")
+    parser.add_argument(
+        "--batch", type=int, help="mini-batch size (mlp: 128, cnn: 64, resnet18: 16, gpt: 4)"
+    )
+    parser.add_argument(
+        "--activation", choices=sorted(ACTIVATIONS), help="mlp: tanh, cnn: relu (others fixed)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument(
         "--threads",

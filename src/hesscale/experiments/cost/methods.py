@@ -74,6 +74,23 @@ def _backpack_step(make_extensions: Callable[[], list]) -> Callable[[Problem], S
     return prepare
 
 
+def _engine(gn: bool) -> Callable[[Problem], Step]:
+    """``hesscale.backward(loss)`` on the plain model (the any-model engine)."""
+
+    def prepare(problem: Problem) -> Step:
+        import hesscale
+
+        model, loss_fn = problem.copy(extended=False)
+
+        def run() -> None:
+            model.zero_grad(set_to_none=True)
+            hesscale.backward(loss_fn(model(problem.x), problem.y), gn=gn)
+
+        return Step(run, model)
+
+    return prepare
+
+
 def _hesscale(name: str) -> Callable[[], list]:
     def make() -> list:
         import hesscale
@@ -123,15 +140,15 @@ def _torch_optimizer(name: str) -> Callable[[Problem], Step]:
 
 def _hesscale_optimizer(name: str) -> Callable[[Problem], Step]:
     """An optimizer from hesscale.optim, stepped with a closure that returns the loss: the
-    optimizer runs the backward pass it needs itself (under ``opt.method``, the BackPACK
-    extension it reads, on an extended copy; or with ``create_graph=True`` for AdaHessian)."""
+    optimizer runs the backward pass it needs itself (AdaHesScale: ``hesscale.backward`` on
+    the plain model; AdaGGNMC: under ``opt.method``, BackPACK's extension, on an extended copy;
+    AdaHessian: with ``create_graph=True``)."""
 
     def prepare(problem: Problem) -> Step:
         import hesscale.optim
 
         cls = getattr(hesscale.optim, name)
-        probe = cls([nn.Parameter(torch.zeros(1))], lr=1e-5)
-        model, loss_fn = problem.copy(extended=getattr(probe, "method", None) is not None)
+        model, loss_fn = problem.copy(extended=cls is hesscale.optim.AdaGGNMC)
         optimizer = cls(model.parameters(), lr=1e-5)
 
         def run() -> None:
@@ -147,8 +164,10 @@ METHODS: dict[str, Method] = {
     for m in [
         Method(REFERENCE, "backprop", _plain),
         Method("BackPACK hooks only", "backprop", _backpack_step(list)),
-        Method("HesScale", "curvature", _backpack_step(_hesscale("HesScale"))),
-        Method("HesScaleGN", "curvature", _backpack_step(_hesscale("HesScaleGN"))),
+        Method("HesScale", "curvature", _engine(gn=False)),
+        Method("HesScaleGN", "curvature", _engine(gn=True)),
+        Method("HesScale (BackPACK)", "curvature", _backpack_step(_hesscale("HesScale"))),
+        Method("HesScaleGN (BackPACK)", "curvature", _backpack_step(_hesscale("HesScaleGN"))),
         Method("DiagGGNMC", "curvature", _backpack_step(_backpack_ext("DiagGGNMC"))),
         Method("DiagGGNExact", "curvature", _backpack_step(_backpack_ext("DiagGGNExact"))),
         Method("DiagHessian", "curvature", _backpack_step(_backpack_ext("DiagHessian"))),

@@ -70,6 +70,8 @@ def _jsonable(value):
 HIGHLIGHT = {
     "HesScale": "#d62728",
     "HesScaleGN": "#1f4fd0",
+    "HesScale (BackPACK)": "#f2a0a0",
+    "HesScaleGN (BackPACK)": "#a0b4f0",
     "AdaHesScale": "#d62728",
     "AdaHesScaleGN": "#1f4fd0",
 }
@@ -109,7 +111,7 @@ def line_style(method: str, group: str, index: int) -> dict:
 def describe_setting(results: list[Result]) -> str:
     """Model, batch, threads, clock, device and precision of ``results``, for a title."""
     c = results[0].config
-    activation = c.activation or MODELS[c.model][2]
+    activation = c.activation or MODELS[c.model].activation
     depths = sorted({r.config.depth for r in results})
     if c.model == "mlp":
         hidden = " / ".join(f"{d} x width" for d in depths)

@@ -1,6 +1,7 @@
 """Reinforcement learning with the experiments' learners: PPO and A2C for continuous actions
 on gymnasium environments (MuJoCo through the ``mujoco`` package; classic control such as
-Pendulum-v1), run by ``hesscale run --task rl:<id> --algo ppo|a2c`` and swept like any run.
+Pendulum-v1), run by ``hesscale run --task rl:<id> --network actor_critic_tanh ...`` (A2C:
+``--task-opt algo=a2c``) and swept and plotted like any run.
 
 Modules, each one piece:
 
@@ -11,7 +12,8 @@ Modules, each one piece:
 - ``envs``: gymnasium behind a small interface, with the episode log and checkpoint state;
 - ``rollout``: collecting transitions; ``update``: one optimizer step for any learner
   (``hesscale.backward`` for AdaHesScale / AdaHesScaleGN);
-- ``options``, ``algorithms``: PPO and A2C as steppers of the Trainer; ``setup``: their runs;
+- ``options``, ``algorithms``: PPO and A2C as steppers of the Trainer; ``task``: the task
+  family ``rl:*`` that brings them to ``hesscale run``;
 - ``plot``: return curves, sensitivity and tables for ``hesscale plot``.
 
 gymnasium, mujoco (and stable-baselines3, for the example that uses AdaHesScale inside it)

@@ -41,6 +41,7 @@ class OnPolicyLearning:
     terms averaged over the step's optimizer steps."""
 
     metrics = ("return", "length", "policy_loss", "value_loss", "entropy")
+    unit = "environment steps"  # what --steps counts for an RL task
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class OnPolicyLearning:
         options: dict[str, Any],
     ) -> None:
         self.env, self.policy, self.learner, self.options = env, policy, learner, options
+        self.units_per_step = options["rollout_steps"]  # environment steps per Trainer step
 
     def step(self) -> Metrics:
         first = len(self.env.episodes["return"])
@@ -77,9 +79,12 @@ class OnPolicyLearning:
         return {}  # RL runs log the returns of their training episodes
 
     def log_fields(self) -> dict[str, Any]:
-        """Added to the run's log: every finished episode (env step it ended at, return,
-        length)."""
-        return {"episodes": {k: list(v) for k, v in self.env.episodes.items()}}
+        """Added to the run's log: environment steps per Trainer step, and every finished
+        episode (the environment step it ended at, its return and length)."""
+        return {
+            "env_steps_per_step": self.units_per_step,
+            "episodes": {k: list(v) for k, v in self.env.episodes.items()},
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -78,9 +78,7 @@ def ppo_loss(
     ratio = torch.exp(gaussian_log_prob(actions, mean, log_std) - old_log_probs)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - clip, 1 + clip) * advantages
-    # = torch.minimum(unclipped, clipped); written with where until the engine's rule for
-    # minimum (MinimumBackward0) is merged
-    surrogate = torch.where(unclipped <= clipped, unclipped, clipped)
+    surrogate = torch.minimum(unclipped, clipped)
     policy_loss = -surrogate.mean()
     terms, value_loss, entropy = _value_and_entropy(values, returns, log_std, vf_coef, ent_coef)
     clip_fraction = ((ratio.detach() - 1).abs() > clip).float().mean()

@@ -1,5 +1,5 @@
-"""The options of the RL algorithms, with their defaults, and their checks (no torch here:
-the ``hesscale run`` parser lists them)."""
+"""The options of the RL algorithms (task options of rl:... tasks: ``--task-opt KEY=VALUE``),
+with their defaults, and their checks."""
 
 from __future__ import annotations
 
@@ -31,27 +31,30 @@ OPTIONS: dict[str, dict[str, Any]] = {
 def algorithm_options(algo: str | None, given: dict[str, Any]) -> dict[str, Any]:
     """The options of ``algo``: its defaults updated with ``given``, each checked."""
     if algo not in OPTIONS:
-        raise ValueError(f"An RL task needs --algo, one of: {', '.join(OPTIONS)} (got {algo!r}).")
+        raise ValueError(
+            f"RL task option algo={algo!r}: use one of {', '.join(OPTIONS)} (--task-opt algo=...)."
+        )
     unknown = sorted(set(given) - set(OPTIONS[algo]))
     if unknown:
         raise ValueError(
-            f"--algo {algo} has no option {', '.join(map(repr, unknown))}. Its options (and "
-            f"defaults): {', '.join(f'{k}={v!r}' for k, v in OPTIONS[algo].items())}."
+            f"RL task (algo={algo}) has no option {', '.join(map(repr, unknown))}. Its "
+            f"options (and defaults): "
+            f"{', '.join(f'{k}={v!r}' for k, v in OPTIONS[algo].items())}."
         )
     options = {**OPTIONS[algo], **given}
     for key, value in options.items():
         _check_option(algo, key, value)
     if algo == "ppo" and options["rollout_steps"] < 2 * options["minibatches"]:
         raise ValueError(
-            f"--algo ppo: rollout_steps ({options['rollout_steps']}) must hold at least two "
-            f"transitions per mini-batch (minibatches={options['minibatches']})."
+            f"RL task (algo=ppo): rollout_steps ({options['rollout_steps']}) must hold at "
+            f"least two transitions per mini-batch (minibatches={options['minibatches']})."
         )
     return options
 
 
 def _check_option(algo: str, key: str, value: Any) -> None:
     def bad(rule: str) -> ValueError:
-        return ValueError(f"--algo {algo}: invalid {key}={value!r}; {rule}.")
+        return ValueError(f"RL task (algo={algo}): invalid {key}={value!r}; {rule}.")
 
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if key in ("rollout_steps", "minibatches", "epochs"):

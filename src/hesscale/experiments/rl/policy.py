@@ -1,5 +1,8 @@
 """Gaussian actor-critic networks: observation -> (action mean, action log-std, state value).
 
+Built-in networks ``actor_critic_tanh`` / ``_relu`` (separate) and ``actor_critic_tanh_shared``
+/ ``_relu_shared`` (hesscale.experiments.networks), for the RL tasks.
+
 The mean and the log standard deviation of the Gaussian policy both come from the network
 (state-dependent), and so does the value. Two shapes, each an MLP of ``hidden`` sizes with an
 activation (default tanh, 64 x 64: the size of the PPO/A2C MuJoCo studies):
@@ -27,26 +30,6 @@ from hesscale.experiments.networks import fully_connected
 
 DEFAULT_HIDDEN = (64, 64)
 HIDDEN_GAIN, POLICY_GAIN, VALUE_GAIN = math.sqrt(2), 0.01, 1.0
-
-# name -> (activation, shared trunk)
-NETWORKS: dict[str, tuple[str, bool]] = {
-    "tanh_separate": ("tanh", False),
-    "tanh_shared": ("tanh", True),
-    "relu_separate": ("relu", False),
-    "relu_shared": ("relu", True),
-}
-
-
-def check_network(name: str, hidden: Sequence[int] | None) -> None:
-    if name not in NETWORKS:
-        raise ValueError(
-            f"Unknown network '{name}' for an RL task. Known: {', '.join(NETWORKS)} (an actor and "
-            "a critic MLP, or one shared trunk; hidden sizes 64,64 unless --hidden)."
-        )
-    if hidden is not None and (
-        not hidden or not all(isinstance(h, int) and h >= 1 for h in hidden)
-    ):
-        raise ValueError(f"hidden sizes must be integers >= 1, got {list(hidden)}.")
 
 
 class GaussianActorCritic(nn.Module):
@@ -90,14 +73,25 @@ class GaussianActorCritic(nn.Module):
         ]
 
 
-def build_policy(
-    name: str, obs_dim: int, act_dim: int, hidden: Sequence[int] | None = None
+def actor_critic(
+    input_shape: Sequence[int],
+    n_outputs: int,
+    hidden: Sequence[int] = DEFAULT_HIDDEN,
+    activation: str = "tanh",
+    shared: bool = False,
 ) -> GaussianActorCritic:
-    check_network(name, hidden)
-    activation, shared = NETWORKS[name]
-    return GaussianActorCritic(
-        obs_dim, act_dim, tuple(hidden or DEFAULT_HIDDEN), activation, shared
-    )
+    """The network of an RL task (hesscale.experiments.rl.task): observations of
+    ``input_shape`` (one dimension), ``n_outputs`` = 2 x action dimension + 1."""
+    if len(input_shape) != 1 or n_outputs < 3 or n_outputs % 2 != 1:
+        raise ValueError(
+            "An actor-critic network is for RL tasks (rl:...): flat observations and n_outputs "
+            f"= 2 x action dimension + 1; got input_shape {tuple(input_shape)}, n_outputs "
+            f"{n_outputs}."
+        )
+    if not hidden or not all(isinstance(h, int) and h >= 1 for h in hidden):
+        raise ValueError(f"hidden sizes must be integers >= 1, got {list(hidden)}.")
+    act_dim = (n_outputs - 1) // 2
+    return GaussianActorCritic(input_shape[0], act_dim, tuple(hidden), activation, shared)
 
 
 def _init(mlp: nn.Sequential, readout_gains: list[float]) -> None:

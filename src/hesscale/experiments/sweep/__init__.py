@@ -27,19 +27,21 @@ A spec::
     # eval_every = 500             # test-split loss/accuracy every 500 steps (not digits)
     seeds = 3                      # 3 means [0, 1, 2]; or a list
     # hidden = [64, 32]            # fc networks: hidden sizes
+    # task_options = { normalize = "unit" }     # keyword arguments of the task's factory
+    # network_options = { width = 64 }         # ... and of the network's
 
     [learners.adam]                # every list is a grid axis; scalars are fixed
     lr = [1e-3, 1e-2]
     beta2 = 0.999
 
-    [learners.adahesscale_scaled]  # a name of your own: runs of one learner, grouped apart
-    learner = "adahesscale"        # the learner it runs (default: the table's name)
+    [learners.rmsprop]             # any optimizer class, or a learner of your own
+    learner = "torch.optim:RMSprop"
     lr = [1e-3, 1e-2]
-    delta = 1e-8
-
-    # RL: task = "rl:Hopper-v5", network = "tanh_separate", algo = "ppo", steps in
-    # environment steps, and [algo_options] (e.g. gamma = 0.99): see hesscale.experiments.rl
 
     [slurm]                        # defaults for the --time, --mem, ... options below
     time = "01:00:00"
+
+task, network and learner may be your own: "package.module:attribute" (searched in the
+spec's folder, the working directory and PYTHONPATH) or "path/to/file.py:attribute" (relative
+to the spec's folder), "LABEL=..." to name it; see examples/custom_components.toml.
 """

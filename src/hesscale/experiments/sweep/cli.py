@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
 from hesscale.experiments import sweep
 from hesscale.experiments.logs import is_complete
-from hesscale.experiments.sweep.plan import check_runs, count_runs, plan, report, status_of
+from hesscale.experiments.sweep.api import prepare
+from hesscale.experiments.sweep.plan import count_runs, report, status_of
 from hesscale.experiments.sweep.slurm import SLURM_DEFAULTS, write_files
-from hesscale.experiments.sweep.spec import SpecError, describe, find_spec, load_spec, shipped_specs
+from hesscale.experiments.sweep.spec import SpecError, describe, shipped_specs
 
 EXIT_INTERRUPTED = 130
 
@@ -91,18 +91,14 @@ def main(args: argparse.Namespace) -> int:
             value = getattr(args, option)
             if value is not None and value < 1:
                 raise SpecError(f"--{option} must be at least 1, got {value}.")
-        spec = load_spec(find_spec(args.spec))
-        if args.data_dir:
-            spec["data_dir"] = args.data_dir
-        if args.learners:
-            chosen = args.learners.split(",")
-            missing = sorted(set(chosen) - set(spec["learners"]))
-            if missing:
-                raise SpecError(f"learners {missing} are not in the spec.")
-            spec["learners"] = {k: v for k, v in spec["learners"].items() if k in chosen}
-        out_dir = Path(args.out_dir or Path("results") / spec["name"])
-        runs = plan(spec, out_dir, threads=args.threads)
-        check_runs(runs)
+        spec, out_dir, runs = prepare(
+            args.spec,
+            out_dir=args.out_dir,
+            learners=args.learners.split(",") if args.learners else None,
+            data_dir=args.data_dir,
+            threads=args.threads,
+            trial=not args.status,
+        )
     except ValueError as error:  # SpecError, a run's settings, or a log of other settings
         print(f"hesscale sweep: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,78 @@
+"""Pooling and nearest-neighbour resampling (formulas: rules.pooling; 0/1 Jacobians: see
+engine.ops.shape)."""
+
+from __future__ import annotations
+
+from hesscale.engine.call import NodeCall
+from hesscale.engine.ops.shape import zero_one_jacobian
+from hesscale.engine.registry import register
+from hesscale.rules import pooling
+
+# Each output entry is one input entry (max pools: the window's maximum, as the forward pass
+# chose it among ties; nearest upsampling and pixel shuffles: a copy), so J holds zeros and
+# ones and there is no curvature. 1-d pools are recorded as 2-d pools between an unsqueeze and
+# a squeeze.
+COPY_ENTRIES = (
+    "MaxPool2DWithIndicesBackward0",
+    "MaxPool3DWithIndicesBackward0",
+    "AdaptiveMaxPool2DBackward0",
+    "AdaptiveMaxPool3DBackward0",
+    "FractionalMaxPool2DBackward0",
+    "FractionalMaxPool3DBackward0",
+    "UpsampleNearest1DBackward0",
+    "UpsampleNearest2DBackward0",
+    "UpsampleNearest3DBackward0",
+    "UpsampleNearestExact1DBackward0",
+    "UpsampleNearestExact2DBackward0",
+    "UpsampleNearestExact3DBackward0",
+    "PixelShuffleBackward0",
+    "PixelUnshuffleBackward0",
+    "ChannelShuffleBackward0",
+)
+
+
+@register(*COPY_ENTRIES)
+def copy_entries(call: NodeCall):
+    """h_x = J^T h_z: the node's backward formula applied to the diagonal."""
+    return zero_one_jacobian(call)
+
+
+def _per_dim(values, n: int, default=None) -> tuple[int, ...]:
+    """torch saves kernel_size / stride / padding as given: one int for all dims, or none
+    (stride: the kernel size)."""
+    values = tuple(values)
+    if not values:
+        return default
+    return values * n if len(values) == 1 else values
+
+
+@register("AvgPool2DBackward0", "AvgPool3DBackward0")
+def avg_pool(call: NodeCall):
+    """z_k = (1 / c_k) sum of the inputs in window k: h_x = P^T(h_z / c) (rules.pooling)."""
+    h = call.h
+    if h is None:
+        return (None,)
+    n = 2 if call.node.name() == "AvgPool2DBackward0" else 3
+    kernel = _per_dim(call.saved("kernel_size"), n)
+    return (
+        pooling.avg_pool_input(
+            h,
+            call.saved("self"),
+            kernel,
+            _per_dim(call.saved("stride"), n, default=kernel),
+            _per_dim(call.saved("padding"), n),
+            call.saved("ceil_mode"),
+            call.saved("count_include_pad"),
+            call.saved("divisor_override"),
+        ),
+    )
+
+
+@register("AdaptiveAvgPool2DBackward0", "AdaptiveAvgPool3DBackward0")
+def adaptive_avg_pool(call: NodeCall):
+    """z_k = mean of the inputs in window k: h_x = A^T(h_z / c) (rules.pooling)."""
+    h = call.h
+    if h is None:
+        return (None,)
+    n = 2 if call.node.name() == "AdaptiveAvgPool2DBackward0" else 3
+    return (pooling.adaptive_avg_pool_input(h, call.saved("self"), n),)
