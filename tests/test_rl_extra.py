@@ -34,7 +34,7 @@ def test_the_library_never_imports_the_rl_extra_and_rl_without_it_names_the_extr
         "import sys, hesscale, hesscale.optim, hesscale.engine, hesscale.experiments.run, "
         "hesscale.experiments.sweep.plan, hesscale.experiments.plot, "
         "hesscale.experiments.rl.task, hesscale.experiments.rl.algorithms\n"
-        f"print(sorted(m for m in {RL_PACKAGES!r} if m in sys.modules))\n"
+        f"print(sorted(m for m in {RL_PACKAGES!r} if sys.modules.get(m) is not None))\n"
         "sys.modules['gymnasium'] = None  # as if not installed\n"
         "from hesscale.cli import main\n"
         "sys.exit(main(['run', '--task', 'rl:Pendulum-v1', '--network', 'actor_critic_tanh',"
