@@ -74,8 +74,9 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention over all tokens (no mask), written out as its primitive
     operations: softmax(q k^T / sqrt(d)) v per head, then an output projection.
 
-    Not ``F.scaled_dot_product_attention``: its CPU kernels have no second derivative, so the
-    exact Hessian diagonal (Hessian-vector products) could not be computed through it."""
+    Not ``F.scaled_dot_product_attention``: the CPU flash-attention kernel it picks has no
+    second derivative, so the exact Hessian diagonal (Hessian-vector products) could not be
+    computed through it."""
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
