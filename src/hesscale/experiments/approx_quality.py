@@ -48,6 +48,7 @@ from hesscale.experiments.networks import ACTIVATIONS as NETWORK_ACTIVATIONS
 from hesscale.experiments.networks import ResidualMLP, fully_connected
 from hesscale.experiments.tasks import DATASETS, Task
 from hesscale.experiments.transformer import RowTransformer
+from hesscale.hook_warning import hook_warning_hidden
 
 ACTIVATIONS = tuple(NETWORK_ACTIVATIONS)
 LOSSES = ("ce", "mse")
@@ -254,7 +255,8 @@ def run_seed(
             estimate = method.estimate(model, loss_fn, x, y)
             errors[step, j] = l1_by_layer(estimate, exact, owners, len(layer_names))
         optimizer.zero_grad()
-        loss_fn(model(x), y).backward()
+        with hook_warning_hidden():  # the BackPACK estimators extended the model
+            loss_fn(model(x), y).backward()
         optimizer.step()
         if progress is not None:
             progress.update()
