@@ -23,6 +23,7 @@ def test_tiny_run_writes_table_json_csv_and_figures(tmp_path, capsys):
     assert run_cli(tmp_path) == 0
     printed = capsys.readouterr().out
     assert "HesScale" in printed and "norm. mean" in printed
+    assert "left out" not in printed and "layers:" not in printed  # the MLP has every method
     results = json.loads((tmp_path / "results.json").read_text())
     methods, layers = results["methods"], results["layers"]
     assert len(methods) == 12 and "Exact" not in methods
@@ -153,3 +154,107 @@ def test_relu_exact_ggn_is_shown_and_titles_name_the_setting(tmp_path, capsys):
     assert setting == "digits, MLP 2x4 tanh, cross-entropy, 2 seeds x 3 steps"
     assert layer_labels(["layer 1", "layer 2"]) == ["layer 1", "layer 2 (output)"]
     assert "L1 3 out" in capsys.readouterr().out
+
+
+# --- networks that are not chains of modules ---------------------------------------------------
+
+ANY_MODEL_METHODS = [
+    "GGN",
+    "GGN-MC-1",
+    "Hutchinson-1",
+    "GGN-MC-2",
+    "Hutchinson-2",
+    "SquaredGrad",
+    "HesScale",
+    "HesScaleGN",
+    "Zero",
+]
+LAYER_MODULES = {
+    "residual": ["input", "blocks.0", "head"],
+    "transformer": [
+        "embed",
+        "positions",
+        "blocks.0.norm1",
+        "blocks.0.attention.qkv",
+        "blocks.0.attention.proj",
+        "blocks.0.norm2",
+        "blocks.0.mlp.0",
+        "blocks.0.mlp.2",
+        "norm",
+        "head",
+    ],
+}
+
+
+@pytest.mark.parametrize("network", ["residual", "transformer"])
+def test_residual_and_transformer_runs_leave_out_backpack_methods(tmp_path, capsys, network):
+    assert run_cli(tmp_path, "--network", network, "--depth", "1") == 0
+    printed = capsys.readouterr().out
+    assert f"left out on the {network} network" in printed
+    assert "KFAC-1, KFAC-2, BL89" in printed
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["config"]["network"] == network
+    assert "autograd" in results["reference"]
+    methods, layers = results["methods"], results["layers"]
+    assert methods == ANY_MODEL_METHODS and results["left_out"] == ["KFAC-1", "KFAC-2", "BL89"]
+    assert results["layer_modules"] == LAYER_MODULES[network]
+    assert layers == [f"layer {i + 1}" for i in range(len(LAYER_MODULES[network]))]
+    errors = np.asarray(results["errors"])
+    assert errors.shape == (2, 3, len(methods), len(layers)) and np.all(errors >= 0)
+    # cross-entropy and a linear head: HesScale, HesScaleGN and the GGN are exact there; the
+    # exact reference (autograd) and HesScale (the engine) are computed independently
+    for method in ("HesScale", "HesScaleGN", "GGN"):
+        assert errors[:, :, methods.index(method), -1].max() < 1e-12, method
+    assert errors[:, :, methods.index("Zero"), -1].min() > 1e-6
+    assert errors[:, :, methods.index("HesScale"), :-1].min() > 0  # not exact everywhere
+    assert "layers: 1 " in printed and LAYER_MODULES[network][-1] in printed
+    for figure in ("normalised_error.png", "error_by_layer.png"):
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_backpack_method_asked_for_on_the_transformer_is_left_out_with_a_note(tmp_path, capsys):
+    args = ["--network", "transformer", "--methods", "HesScale,KFAC-1,GGN-MC-1"]
+    assert run_cli(tmp_path, *args, "--depth", "1") == 0
+    assert "(BackPACK, needs a chain of modules): KFAC-1" in capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["methods"] == ["HesScale", "GGN-MC-1"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--network", "transformer", "--activation", "relu"], "uses GELU"),
+        (["--network", "transformer", "--width", "5"], "divisible by its 2 attention heads"),
+        (["--network", "residual", "--methods", "HesScale,Magic"], "unknown method(s) Magic"),
+    ],
+)
+def test_bad_network_options_fail_with_a_clear_message(tmp_path, capsys, extra, message):
+    assert run_cli(tmp_path, *extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_network_defaults_and_titles():
+    from hesscale.experiments.approx_quality import describe_setting
+
+    mlp, residual, transformer = (
+        StudyConfig(network=n) for n in ("mlp", "residual", "transformer")
+    )
+    assert (mlp.width, mlp.depth, mlp.activation) == (32, 3, "tanh")  # as before
+    assert (residual.width, residual.depth, residual.activation) == (32, 2, "tanh")
+    assert (transformer.width, transformer.depth, transformer.activation) == (16, 1, "gelu")
+    assert describe_setting(residual).startswith("digits, residual MLP 32 wide, 2 blocks")
+    assert describe_setting(transformer).startswith("digits, transformer 16 wide, 1 block,")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("network", ["residual", "transformer"])
+def test_default_sized_networks_with_mse_in_float32(tmp_path, network):
+    args = ["--network", network, "--seeds", "1", "--steps", "2", "--samples", "2"]
+    args += ["--loss", "mse", "--dtype", "float32", "--out", str(tmp_path), "--no-progress"]
+    assert main(["approx-quality", *args]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["config"]["width"] == (32 if network == "residual" else 16)
+    methods, errors = results["methods"], np.asarray(results["errors"])
+    zero = errors[:, :, methods.index("Zero"), -1]
+    for method in ("HesScale", "HesScaleGN", "GGN"):  # MSE, linear head: exact there too
+        assert np.all(errors[:, :, methods.index(method), -1] < 1e-5 * zero), method

@@ -3,11 +3,20 @@
     est = hesscale.estimators.kfac(samples=1)
     diagonals = est.estimate(model, loss_fn, x, y)   # one tensor per trainable parameter
 
-``standard_estimators(samples)`` lists the methods of the approximation-quality study.
+``standard_estimators(samples)`` lists the methods of the approximation-quality study on a
+chain of modules (BackPACK-based where BackPACK has the method); ``any_model_estimators(samples)``
+those that work on any nn.Module (autograd's exact diagonals, ``hesscale.backward``).
 """
 
 from __future__ import annotations
 
+from hesscale.estimators.any_model import (
+    EngineHesScale,
+    ExactGGNAutograd,
+    ExactHessianAutograd,
+    MonteCarloGGNAutograd,
+    any_model_estimators,
+)
 from hesscale.estimators.autograd_based import Hutchinson, SquaredGradient, Zero, rademacher
 from hesscale.estimators.backpack_based import (
     BackpackEstimator,
@@ -36,6 +45,11 @@ def standard_estimators(samples: int = 10) -> list[Estimator]:
 
 __all__ = [
     "BL89",
+    "EngineHesScale",
+    "ExactGGNAutograd",
+    "ExactHessianAutograd",
+    "MonteCarloGGNAutograd",
+    "any_model_estimators",
     "BackpackEstimator",
     "Estimator",
     "Hutchinson",

@@ -6,6 +6,12 @@ each method estimates the Hessian diagonal of that example's loss; we record the
 to the exact diagonal (BackPACK's DiagHessian), per layer and in total; then the network takes
 an SGD step, so curvature is measured along a learning trajectory. Repeated over seeds.
 
+``--network residual`` (a residual MLP) and ``--network transformer`` (a small transformer
+reading the image row by row) are not chains of modules: on them the methods are those that
+work on any nn.Module (``any_model_estimators``: HesScale and HesScaleGN through
+``hesscale.backward``, the exact diagonal from autograd's Hessian-vector products, one per
+parameter entry); BackPACK's KFAC and BL89 are left out (said so in the output).
+
 Reported: each method's mean total L1 error normalised by HesScale's (HesScale = 1; per-seed
 ratios, then their mean and spread), and the mean L1 error of each layer.
 
@@ -31,16 +37,31 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from hesscale.estimators import Estimator, exact_hessian, standard_estimators
+from hesscale.estimators import (
+    Estimator,
+    ExactHessianAutograd,
+    any_model_estimators,
+    exact_hessian,
+    standard_estimators,
+)
 from hesscale.experiments.networks import ACTIVATIONS as NETWORK_ACTIVATIONS
-from hesscale.experiments.networks import fully_connected
+from hesscale.experiments.networks import ResidualMLP, fully_connected
 from hesscale.experiments.tasks import DATASETS, Task
+from hesscale.experiments.transformer import RowTransformer
+from hesscale.hook_warning import hook_warning_hidden
 
 ACTIVATIONS = tuple(NETWORK_ACTIVATIONS)
 LOSSES = ("ce", "mse")
 NORMALISER = "HesScale"
 HESSCALE_VARIANTS = ("HesScale", "HesScaleGN")
 TIE = 1e-9  # relative difference below which two errors count as equal (e.g. BL89 with MSE)
+NETWORKS = ("mlp", "residual", "transformer")
+NETWORK_DEFAULTS = {  # width, depth (hidden layers / residual blocks / transformer blocks), act.
+    "mlp": {"width": 32, "depth": 3, "activation": "tanh"},
+    "residual": {"width": 32, "depth": 2, "activation": "tanh"},
+    "transformer": {"width": 16, "depth": 1, "activation": "gelu"},
+}
+TRANSFORMER_HEADS = 2
 
 
 @dataclass(frozen=True)
@@ -50,25 +71,46 @@ class StudyConfig:
     download: bool = False
     seeds: int = 5
     steps: int = 200
-    width: int = 32
-    depth: int = 3
-    activation: str = "tanh"
+    network: str = "mlp"
+    width: int | None = None  # None: the network's default (NETWORK_DEFAULTS)
+    depth: int | None = None
+    activation: str | None = None
     loss: str = "ce"
     lr: float = 0.004
     samples: int = 10
     dtype: str = "float64"
     methods: tuple[str, ...] | None = None  # None: all of standard_estimators(samples)
 
+    def __post_init__(self) -> None:
+        for name, value in NETWORK_DEFAULTS.get(self.network, {}).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
     def validate(self) -> None:
+        if self.network not in NETWORKS:
+            raise ValueError(
+                f"--network {self.network!r} is not supported; choose one of {', '.join(NETWORKS)}"
+            )
         for name in ("seeds", "steps", "width", "depth", "samples"):
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value}")
         if self.lr < 0 or not math.isfinite(self.lr):
             raise ValueError(f"--lr must be a finite non-negative number, got {self.lr}")
+        if self.network == "transformer":
+            if self.activation != "gelu":
+                raise ValueError(
+                    f"--activation {self.activation!r}: the transformer's MLP uses GELU; "
+                    "--activation applies to the mlp and residual networks"
+                )
+            if self.width % TRANSFORMER_HEADS:
+                raise ValueError(
+                    f"--width {self.width}: the transformer's width must be divisible by its "
+                    f"{TRANSFORMER_HEADS} attention heads"
+                )
         choices = {
             "data": tuple(DATASETS),
-            "activation": tuple(ACTIVATIONS),
+            "activation": ("gelu",) if self.network == "transformer" else tuple(ACTIVATIONS),
             "loss": LOSSES,
             "dtype": ("float32", "float64"),
         }
@@ -80,21 +122,72 @@ class StudyConfig:
                 )
 
 
+def _method_pool(config: StudyConfig) -> list[Estimator]:
+    """The methods that work on ``config.network`` (the exact reference excluded): on the MLP
+    (a chain of modules) every method, BackPACK's included; on the others those for any
+    nn.Module."""
+    make = standard_estimators if config.network == "mlp" else any_model_estimators
+    return [m for m in make(config.samples) if m.name != "Exact"]
+
+
 def select_methods(config: StudyConfig) -> list[Estimator]:
-    """The compared methods (the exact reference itself excluded)."""
-    methods = [m for m in standard_estimators(config.samples) if m.name != "Exact"]
+    """The compared methods (the exact reference itself excluded), without those that do not
+    work on the network (see ``left_out_methods``)."""
+    methods = _method_pool(config)
     if config.methods is None:
         return methods
-    by_name = {m.name: m for m in methods}
-    unknown = [name for name in config.methods if name not in by_name]
+    everywhere = [m.name for m in standard_estimators(config.samples) if m.name != "Exact"]
+    known = list(dict.fromkeys([*everywhere, *(m.name for m in methods)]))
+    unknown = [name for name in config.methods if name not in known]
     if unknown:
         raise ValueError(
             f"unknown method(s) {', '.join(unknown)}; available with --samples "
-            f"{config.samples}: {', '.join(by_name)}"
+            f"{config.samples}: {', '.join(known)}"
         )
     if NORMALISER not in config.methods:
         raise ValueError(f"--methods must include {NORMALISER}: errors are normalised by it")
-    return [by_name[name] for name in dict.fromkeys(config.methods)]
+    by_name = {m.name: m for m in methods}
+    return [by_name[name] for name in dict.fromkeys(config.methods) if name in by_name]
+
+
+def left_out_methods(config: StudyConfig) -> list[str]:
+    """The asked-for methods (all by default) that need BackPACK and a chain of modules, so
+    cannot run on ``config.network``."""
+    available = {m.name for m in _method_pool(config)}
+    asked = config.methods or [
+        m.name for m in standard_estimators(config.samples) if m.name != "Exact"
+    ]
+    return [name for name in dict.fromkeys(asked) if name not in available]
+
+
+def reference_estimator(config: StudyConfig) -> Estimator:
+    """The exact Hessian diagonal: BackPACK's DiagHessian on the MLP, autograd's
+    Hessian-vector products (one per parameter entry) on the other networks."""
+    return exact_hessian() if config.network == "mlp" else ExactHessianAutograd()
+
+
+def reference_description(config: StudyConfig) -> str:
+    if config.network == "mlp":
+        return "exact Hessian diagonal (BackPACK DiagHessian)"
+    return "exact Hessian diagonal (autograd: one Hessian-vector product per parameter entry)"
+
+
+def build_model(config: StudyConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    """The study's network for inputs of ``input_shape`` (C, H, W), in ``config.dtype``."""
+    if config.network == "mlp":
+        model = fully_connected(
+            (math.prod(input_shape),),
+            n_classes,
+            [config.width] * config.depth,
+            config.activation,
+        )
+    elif config.network == "residual":
+        model = ResidualMLP(input_shape, n_classes, config.width, config.depth, config.activation)
+    else:
+        model = RowTransformer(
+            input_shape, n_classes, config.width, config.depth, heads=TRANSFORMER_HEADS
+        )
+    return model.to(getattr(torch, config.dtype))
 
 
 def layer_index(model: nn.Module) -> tuple[list[str], list[int]]:
@@ -107,6 +200,15 @@ def layer_index(model: nn.Module) -> tuple[list[str], list[int]]:
                 owner[id(p)] = len(names)
             names.append(f"layer {len(names) + 1}")
     return names, [owner[id(p)] for p in model.parameters() if p.requires_grad]
+
+
+def layer_modules(model: nn.Module) -> list[str]:
+    """The module (its name in ``model``) of each layer of ``layer_index``, in its order."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if any(p.requires_grad for p in module.parameters(recurse=False))
+    ]
 
 
 def l1_by_layer(
@@ -138,15 +240,10 @@ def run_seed(
     n_classes = stream.n_outputs
     dtype = getattr(torch, config.dtype)
     torch.manual_seed(seed)  # initialisation and the stochastic estimators
-    model = fully_connected(
-        (math.prod(stream.input_shape),),
-        n_classes,
-        [config.width] * config.depth,
-        config.activation,
-    ).to(dtype)
+    model = build_model(config, stream.input_shape, n_classes)
     loss_fn = nn.CrossEntropyLoss() if config.loss == "ce" else nn.MSELoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
-    reference = exact_hessian()
+    reference = reference_estimator(config)
     layer_names, owners = layer_index(model)
     errors = np.zeros((config.steps, len(methods), len(layer_names)))
     for step in range(config.steps):
@@ -158,7 +255,8 @@ def run_seed(
             estimate = method.estimate(model, loss_fn, x, y)
             errors[step, j] = l1_by_layer(estimate, exact, owners, len(layer_names))
         optimizer.zero_grad()
-        loss_fn(model(x), y).backward()
+        with hook_warning_hidden():  # the BackPACK estimators extended the model
+            loss_fn(model(x), y).backward()
         optimizer.step()
         if progress is not None:
             progress.update()
@@ -239,18 +337,43 @@ def verdict_summary(rows: list[dict]) -> str:
     return "no: " + "; ".join(parts)
 
 
+def describe_network(config: StudyConfig) -> str:
+    """The network in a few words, e.g. 'MLP 3x32 tanh'."""
+    if config.network == "mlp":
+        return f"MLP {config.depth}x{config.width} {config.activation}"
+    blocks = f"{config.depth} block{'s' * (config.depth != 1)}"
+    if config.network == "residual":
+        return f"residual MLP {config.width} wide, {blocks} x + {config.activation}(Wx + b)"
+    return f"transformer {config.width} wide, {blocks}, {TRANSFORMER_HEADS} heads, GELU"
+
+
 def describe_setting(config: StudyConfig) -> str:
     """The study's setting in one line, for titles."""
     loss = {"ce": "cross-entropy", "mse": "MSE"}[config.loss]
     return (
-        f"{config.data}, MLP {config.depth}x{config.width} {config.activation}, {loss}, "
+        f"{config.data}, {describe_network(config)}, {loss}, "
         f"{config.seeds} seeds x {config.steps} steps"
     )
 
 
-def layer_labels(layer_names: list[str]) -> list[str]:
-    """The layer names with the last one marked as the output layer."""
+def layer_labels(layer_names: list[str], modules: list[str] | None = None) -> list[str]:
+    """The layer names (with their module's name, if given) with the last one marked as the
+    output layer."""
+    if modules is not None:
+        layer_names = [f"{n}\n{m}" for n, m in zip(layer_names, modules, strict=True)]
     return [*layer_names[:-1], f"{layer_names[-1]} (output)"] if layer_names else []
+
+
+def layer_legend(layer_names: list[str], modules: list[str]) -> str:
+    """'layer 1 = embed, layer 2 = positions, ...' wrapped to lines of at most 100 characters."""
+    lines, line = [], "layers:"
+    for name, module in zip(layer_names, modules, strict=True):
+        item = f" {name.split()[-1]} {module},"
+        if len(line) + len(item) > 100:
+            lines.append(line)
+            line = "       "
+        line += item
+    return "\n".join([*lines, line.rstrip(",")])
 
 
 def format_table(rows: list[dict], layer_names: list[str]) -> str:
@@ -274,7 +397,13 @@ def format_table(rows: list[dict], layer_names: list[str]) -> str:
 EXACT = 1e-12  # an error below this fraction of the largest one is round-off: the method is exact
 
 
-def plot(rows: list[dict], layer_names: list[str], out: Path, setting: str = "") -> list[Path]:
+def plot(
+    rows: list[dict],
+    layer_names: list[str],
+    out: Path,
+    setting: str = "",
+    modules: list[str] | None = None,
+) -> list[Path]:
     """normalised_error.png (bars: mean; dots: seeds) and error_by_layer.png (heat map).
 
     Errors at round-off level (below EXACT x the largest) are shown as exact: on the bars'
@@ -334,7 +463,8 @@ def plot(rows: list[dict], layer_names: list[str], out: Path, setting: str = "")
     largest = table.max() if table.size and table.max() > 0 else 1.0
     positive = table[table > EXACT * largest]
     cell_floor = positive.min() if positive.size else 1.0
-    fig, ax = plt.subplots(figsize=(1.5 * len(layer_names) + 3.2, 0.38 * len(rows) + 1.9))
+    width = (1.5 if modules is None else 1.9) * len(layer_names) + 3.2
+    fig, ax = plt.subplots(figsize=(width, 0.38 * len(rows) + 1.9))
     image = ax.imshow(
         np.maximum(table, cell_floor),
         cmap="viridis",
@@ -346,7 +476,8 @@ def plot(rows: list[dict], layer_names: list[str], out: Path, setting: str = "")
         light = image.norm(max(value, cell_floor)) > 0.6
         colour = "black" if light else "white"
         ax.text(k, i, text, ha="center", va="center", fontsize="small", color=colour)
-    ax.set_xticks(range(len(layer_names)), layer_labels(layer_names))
+    labels = layer_labels(layer_names, modules)
+    ax.set_xticks(range(len(layer_names)), labels, fontsize=None if modules is None else "small")
     ax.set_yticks(range(len(rows)), names)
     fig.colorbar(image, ax=ax, label="mean L1 error per step")
     ax.set_title(
@@ -369,13 +500,17 @@ def write_outputs(
     errors: np.ndarray,
     rows: list[dict],
     seconds: float,
+    modules: list[str] | None = None,
+    left_out: list[str] | None = None,
 ) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     results = {
         "config": asdict(config),
-        "reference": "exact Hessian diagonal (BackPACK DiagHessian)",
+        "reference": reference_description(config),
         "methods": names,
         "layers": layer_names,
+        **({} if modules is None else {"layer_modules": modules}),
+        **({"left_out": left_out} if left_out else {}),
         "seconds": seconds,
         "summary": rows,
         "errors": errors.tolist(),
@@ -398,16 +533,19 @@ def write_outputs(
                 [row["method"], row["l1_total"], row["normalised_mean"], row["normalised_std"]]
                 + [row["l1_by_layer"][n] for n in layer_names]
             )
-    return paths + plot(rows, layer_names, out, describe_setting(config))
+    return paths + plot(rows, layer_names, out, describe_setting(config), modules)
 
 
 def run_study(config: StudyConfig, out: Path, progress: bool = True) -> dict:
     """Run every seed, write the outputs, and return the summary."""
     config.validate()
     methods = select_methods(config)
-    example_stream(config, 0)  # fail early if the data is missing
+    stream = example_stream(config, 0)  # fail early if the data is missing
     names = [m.name for m in methods]
-    layer_names = [f"layer {i + 1}" for i in range(config.depth + 1)]
+    model = build_model(config, stream.input_shape, stream.n_outputs)
+    layer_names = layer_index(model)[0]
+    modules = None if config.network == "mlp" else layer_modules(model)
+    left_out = left_out_methods(config)
     start = time.perf_counter()
     with (
         warnings.catch_warnings(),
@@ -421,11 +559,13 @@ def run_study(config: StudyConfig, out: Path, progress: bool = True) -> dict:
         errors = np.stack([run_seed(seed, config, methods, bar) for seed in range(config.seeds)])
     seconds = time.perf_counter() - start
     rows = summarise(errors, methods, layer_names)
-    paths = write_outputs(out, config, names, layer_names, errors, rows, seconds)
+    paths = write_outputs(out, config, names, layer_names, errors, rows, seconds, modules, left_out)
     beats_all, lines = verdict(rows)
     return {
         "rows": rows,
         "layers": layer_names,
+        "layer_modules": modules,
+        "left_out": left_out,
         "beats_all": beats_all,
         "verdict": lines,
         "paths": paths,
@@ -454,13 +594,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--download", action="store_true", help="download the data into --data-dir if missing")
     add("--seeds", type=int, default=defaults.seeds, help="independent runs (seeds 0..N-1)")
     add("--steps", type=int, default=defaults.steps, help="examples (SGD steps) per seed")
-    add("--width", type=int, default=defaults.width, help="units per hidden layer")
-    add("--depth", type=int, default=defaults.depth, help="number of hidden layers")
+    add(
+        "--network",
+        choices=NETWORKS,
+        default=defaults.network,
+        help="mlp: a chain of Linear + activation layers; residual: a residual MLP "
+        "(h + act(W h + b) blocks); transformer: a pre-norm transformer reading the image as "
+        "one token per row (2 heads, GELU MLP, mean-pooled); residual and transformer are "
+        "compared with the methods that work on any nn.Module",
+    )
+    add(
+        "--width",
+        type=int,
+        default=None,
+        help="units per hidden layer (transformer: model width) (default: 32; transformer: 16)",
+    )
+    add(
+        "--depth",
+        type=int,
+        default=None,
+        help="hidden layers (residual: blocks; transformer: blocks) "
+        "(default: mlp 3, residual 2, transformer 1)",
+    )
     add(
         "--activation",
         choices=tuple(ACTIVATIONS),
-        default=defaults.activation,
-        help="of the hidden layers",
+        default=None,
+        help="of the hidden layers of mlp and residual (default: tanh)",
     )
     add("--loss", choices=LOSSES, default=defaults.loss, help="cross-entropy or MSE (one-hot)")
     add("--lr", type=float, default=defaults.lr, help="SGD step size")
@@ -471,7 +631,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add(
         "--methods",
         default=None,
-        help=f"comma-separated subset, HesScale included (default: all of {method_names()})",
+        help=f"comma-separated subset, HesScale included (default: all of {method_names()}; "
+        "KFAC and BL89 need BackPACK and a chain of modules, so only the mlp has them)",
     )
     add("--out", default="results/approx-quality", help="output directory")
     add("--no-progress", action="store_true", help="no progress bar")
@@ -484,6 +645,7 @@ def main(args: argparse.Namespace) -> int:
         download=args.download,
         seeds=args.seeds,
         steps=args.steps,
+        network=args.network,
         width=args.width,
         depth=args.depth,
         activation=args.activation,
@@ -499,10 +661,17 @@ def main(args: argparse.Namespace) -> int:
         print(f"hesscale approx-quality: {error}", file=sys.stderr)
         return 2
     print(
-        f"\nL1 distance to the exact Hessian diagonal: {config.data}, MLP {config.depth}x"
-        f"{config.width} {config.activation}, {config.loss} loss, {config.seeds} seeds x "
+        f"\nL1 distance to the exact Hessian diagonal: {config.data}, "
+        f"{describe_network(config)}, {config.loss} loss, {config.seeds} seeds x "
         f"{config.steps} steps, SGD lr {config.lr} ({result['seconds']:.0f} s)\n"
     )
+    if result["left_out"]:
+        print(
+            f"left out on the {config.network} network (BackPACK, needs a chain of modules): "
+            + ", ".join(result["left_out"])
+        )
+    if result["layer_modules"] is not None:
+        print(layer_legend(result["layers"], result["layer_modules"]))
     print(format_table(result["rows"], result["layers"]))
     print("\nHesScale vs. the methods that cost about one backprop:")
     print("\n".join(result["verdict"]))

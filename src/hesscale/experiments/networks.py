@@ -57,6 +57,35 @@ def fully_connected(
     return nn.Sequential(*layers)
 
 
+class ResidualMLP(nn.Module):
+    """A fully connected residual network: h_0 = act(W_0 x + b_0), then ``depth`` blocks
+    h_i = h_{i-1} + act(W_i h_{i-1} + b_i) of ``width`` units, then logits W h + b. Inputs of
+    more than one dimension (images) are flattened first. Not a chain of modules (the
+    additions of the skip connections), so its diagonals come from ``hesscale.backward``."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        n_outputs: int,
+        width: int = 32,
+        depth: int = 2,
+        activation_name: str = "tanh",
+    ) -> None:
+        super().__init__()
+        if width < 1 or depth < 0:
+            raise ValueError(f"residual MLP: width >= 1 and depth >= 0, got {width}, {depth}")
+        self.input = nn.Linear(math.prod(input_shape), width)
+        self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.head = nn.Linear(width, n_outputs)
+        self.act = activation(activation_name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.input(x.flatten(1)))
+        for block in self.blocks:
+            h = h + self.act(block(h))
+        return self.head(h)
+
+
 def _flat_size(features: nn.Module, input_shape: Sequence[int]) -> int:
     with torch.no_grad():
         return features(torch.zeros(1, *input_shape)).numel()

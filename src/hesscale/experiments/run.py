@@ -168,8 +168,10 @@ def build_trainer(
     progress: bool = True,
     stop: StopFlag | None = None,
     checkpoint: Path | None = None,
+    ranks: Any = None,
 ) -> Trainer:
-    """The Trainer of ``config``: its task, network and learner, seeded by ``config.seed``.
+    """The Trainer of ``config``: its task, network and learner, seeded by ``config.seed``;
+    with ``ranks`` (hesscale.experiments.parallel.Ranks) one rank of a data-parallel run.
 
     Raises ComponentError if a factory builds the wrong kind of object or the learner cannot
     train the network; other exceptions (a missing dataset, a bug in a factory) propagate."""
@@ -180,6 +182,10 @@ def build_trainer(
 
     parts = config.components()
     device = resolve_device(config.device)
+    if ranks is not None:
+        from hesscale.experiments import parallel
+
+        device = parallel.start(ranks, device)
     torch.manual_seed(config.seed)
     settings = TaskSettings(
         name=parts.task.target,
@@ -216,9 +222,11 @@ def build_trainer(
     )
     make_stepper = getattr(task, "make_stepper", None)
     if make_stepper is not None:  # a task with its own kind of learning
+        if ranks is not None:
+            raise ValueError(f"Task '{parts.task.label}' does not run data-parallel (torchrun).")
         stepper = make_stepper(model, learner, device)
     else:
-        stepper = SupervisedLearning(task, model, learner, device)
+        stepper = SupervisedLearning(task, model, learner, device, ranks)
     described = task.describe() if callable(getattr(task, "describe", None)) else {}
     header = {
         "task": {
@@ -260,6 +268,7 @@ def build_trainer(
         stop=stop,
         progress=progress,
         description=f"{parts.learner.label} lr={config.lr:g} seed={config.seed}",
+        ranks=ranks,
     )
 
 
@@ -327,20 +336,39 @@ def run_and_log(
     Settings that cannot run raise ValueError before anything is written (``validate``).
     A preempted run leaves its checkpoint at ``<out>.ckpt`` and continues from it next time.
     Returns the log, with ``"skipped": True`` when nothing was run.
+
+    Launched by torchrun (WORLD_SIZE > 1), the run is data-parallel over the ranks
+    (hesscale.experiments.parallel) and rank 0 alone writes the log and the checkpoint.
     """
+    from hesscale.experiments import parallel
     from hesscale.experiments.logs import COMPLETE, read_log, write_json_atomic
 
     config.validate()
+    ranks = parallel.from_environment()
+    if ranks is not None and config.batch_size % ranks.world:
+        raise ValueError(
+            f"--batch-size {config.batch_size} does not split evenly over the {ranks.world} "
+            "processes torchrun started; use a multiple of their number."
+        )
     out = Path(out)
     checkpoint = out.with_name(out.name + ".ckpt")
     existing = read_log(out)
     if not force and existing is not None and existing.get("status") in COMPLETE:
         check_existing(config, existing, out)
         return {**existing, "skipped": True}
+    if ranks is not None and not ranks.writes:  # trains alongside rank 0, writes nothing
+        try:
+            trainer = build_trainer(config, progress=False, stop=stop, ranks=ranks)
+            trainer.checkpoint = None if force else checkpoint  # read, never written here
+            return {**trainer.run(), "rank": ranks.rank}
+        finally:
+            parallel.finish()
     if force:
         checkpoint.unlink(missing_ok=True)
     try:
-        trainer = build_trainer(config, progress=progress, stop=stop, checkpoint=checkpoint)
+        trainer = build_trainer(
+            config, progress=progress, stop=stop, checkpoint=checkpoint, ranks=ranks
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         log = trainer.run()
     except ComponentError:
@@ -352,6 +380,9 @@ def run_and_log(
         raise
     except Exception as error:
         log = failed_log(config, error)
+    finally:
+        if ranks is not None:
+            parallel.finish()
     log["command"] = command
     write_json_atomic(out, log)
     if log["status"] != "preempted":
@@ -537,7 +568,7 @@ def main(args: argparse.Namespace) -> int:
         log = run_and_log(
             config, out, progress=not args.no_progress, stop=stop, force=args.force, command=command
         )
-    except (StaleLogError, ComponentError) as error:
+    except (StaleLogError, ComponentError, ValueError) as error:  # before anything ran
         show_cause(error)
         print(f"hesscale run: {error}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
@@ -551,6 +582,8 @@ def main(args: argparse.Namespace) -> int:
         return 130
     finally:
         stop.restore(previous)
+    if log.get("rank", 0):  # another rank of a data-parallel run: rank 0 reports
+        return EXIT_PREEMPTED if log["status"] == "preempted" else 0
     status = log["status"]
     if log.get("skipped"):
         print(f"{out}: already {status}, skipped (use --force to run again)")

@@ -15,39 +15,59 @@ import torch
 from torch import nn
 
 from hesscale.errors import Diverged
+from hesscale.experiments import parallel
 from hesscale.experiments.learners import Learner
 from hesscale.experiments.tasks import SupervisedTask
 from hesscale.experiments.trainer import Metrics
 
 
 class SupervisedLearning:
-    """One mini-batch of ``task`` per step; ``learner`` updates ``model`` on it."""
+    """One mini-batch of ``task`` per step; ``learner`` updates ``model`` on it. With ``ranks``
+    (a run launched by torchrun), each rank trains a DistributedDataParallel copy on its share
+    of each mini-batch (see hesscale.experiments.parallel)."""
 
     metrics = ("loss", "accuracy")
 
     def __init__(
-        self, task: SupervisedTask, model: nn.Module, learner: Learner, device: torch.device
+        self,
+        task: SupervisedTask,
+        model: nn.Module,
+        learner: Learner,
+        device: torch.device,
+        ranks: parallel.Ranks | None = None,
     ) -> None:
-        self.task, self.learner, self.device = task, learner, device
+        self.task, self.learner, self.device, self.ranks = task, learner, device, ranks
         self.model, self.loss_fn = learner.prepare(model.to(device), nn.CrossEntropyLoss())
+        self.network = self.model  # what is saved and evaluated
+        if ranks is not None:
+            if learner.uses_backpack:
+                raise ValueError(
+                    f"{learner.name} computes its curvature with BackPACK, which does not work "
+                    "under DistributedDataParallel; run it in one process, or use adahesscale."
+                )
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model)
         self.model.train()
         self.batches = 0  # drawn from the task so far
 
     def step(self) -> Metrics:
         x, y = self.task.next_batch()
         self.batches += 1
+        if self.ranks is not None:
+            x, y = parallel.share(x, self.ranks), parallel.share(y, self.ranks)
         x, y = x.to(self.device), y.to(self.device)
         output = self.model(x)
         loss = self.loss_fn(output, y)
         value = loss.item()
+        hits, count = (output.argmax(dim=1) == y).sum().item(), len(y)
+        if self.ranks is not None:  # the whole batch's loss: the mean of the shares' means
+            value, hits, count = parallel.sums(value / self.ranks.world, hits, count)
         if not math.isfinite(value):
             raise Diverged(f"loss {value}")
-        hits = (output.argmax(dim=1) == y).sum().item()
         try:
             self.learner.step(loss, output)
         except FloatingPointError as error:  # e.g. hesscale.optim.NonFiniteError
             raise Diverged(str(error)) from error
-        return {"loss": (value, 1), "accuracy": (hits, len(y))}
+        return {"loss": (value, 1), "accuracy": (hits, count)}
 
     def evaluate(self) -> dict[str, float]:
         """Loss and accuracy on the whole test split (DeepOBS-style evaluation)."""
@@ -58,7 +78,7 @@ class SupervisedLearning:
         with torch.no_grad():
             for x, y in self.task.test_batches():
                 x, y = x.to(self.device), y.to(self.device)
-                output = self.model(x)
+                output = self.network(x)
                 total += nn.functional.cross_entropy(output, y, reduction="sum").item()
                 hits += (output.argmax(dim=1) == y).sum().item()
                 n += len(y)
@@ -68,14 +88,14 @@ class SupervisedLearning:
     def state_dict(self) -> dict[str, Any]:
         task = self.task.state_dict() if hasattr(self.task, "state_dict") else None
         return {
-            "model": self.model.state_dict(),
+            "model": self.network.state_dict(),
             "optimizer": self.learner.optimizer.state_dict(),
             "task": task,
             "batches": self.batches,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        self.network.load_state_dict(state["model"])
         self.learner.optimizer.load_state_dict(state["optimizer"])
         self.batches = state.get("batches", 0)
         if state["task"] is not None:

@@ -115,7 +115,10 @@ class Trainer:
         stop: StopFlag | None = None,
         progress: bool = True,
         description: str = "",
+        ranks: Any = None,
     ) -> None:
+        """``ranks`` (hesscale.experiments.parallel.Ranks): a data-parallel run, whose ranks
+        agree on stopping and of which rank 0 alone writes the checkpoint."""
         if steps < 1 or bin_size < 1:
             raise ValueError(f"steps and bin_size must be >= 1, got {steps}, {bin_size}.")
         self.stepper = stepper
@@ -125,6 +128,7 @@ class Trainer:
         self.checkpoint = checkpoint
         self.stop = stop or StopFlag()
         self.progress, self.description = progress, description
+        self.ranks = ranks
         self.log: dict[str, Any] = {
             "format": 1,
             "status": "running",
@@ -189,6 +193,15 @@ class Trainer:
 
     # the loop ----------------------------------------------------------------------------
 
+    def _stopping(self) -> bool:
+        """Whether to stop now; the ranks of a data-parallel run stop together."""
+        stopping = self.stop.reason is not None
+        if self.ranks is not None:
+            from hesscale.experiments.parallel import sums
+
+            stopping = sums(float(stopping))[0] > 0
+        return stopping
+
     def run(self) -> dict[str, Any]:
         """Run (or continue) to the end or a stop; return the log."""
         from tqdm import tqdm
@@ -206,12 +219,12 @@ class Trainer:
         status = "finished"
         try:
             for step in range(log["steps_done"], self.steps):
-                if self.stop.reason is not None:
+                if self._stopping():
                     status = "preempted"
-                    if self.checkpoint is not None:
+                    if self.checkpoint is not None and (self.ranks is None or self.ranks.writes):
                         save_atomic(self.state_dict(), self.checkpoint)
                         log["checkpoint"] = str(self.checkpoint)
-                    log["stopped_by"] = self.stop.reason
+                    log["stopped_by"] = self.stop.reason or "a signal to another rank"
                     break
                 try:
                     metrics = self.stepper.step()

@@ -1,9 +1,12 @@
 """A small GPT-style language model (token and position embeddings, pre-norm blocks with
 causal self-attention and a GELU MLP, the output layer tied to the token embedding), written
 with the functional operations such models use: ``F.scaled_dot_product_attention``,
-``F.layer_norm`` via nn.LayerNorm, reshapes and transposes between them."""
+``F.layer_norm`` via nn.LayerNorm, reshapes and transposes between them; and a small
+transformer classifier of images (``RowTransformer``, for the approximation-quality study)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -65,3 +68,83 @@ class SequenceCrossEntropy(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over all tokens (no mask), written out as its primitive
+    operations: softmax(q k^T / sqrt(d)) v per head, then an output projection.
+
+    Not ``F.scaled_dot_product_attention``: the CPU flash-attention kernel it picks has no
+    second derivative, so the exact Hessian diagonal (Hessian-vector products) could not be
+    computed through it."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).split(width, dim=2)
+        q, k, v = (t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        y = scores.softmax(dim=-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(batch, length, width))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block: x + attention(LN(x)), then x + MLP(LN(x)) with a GELU MLP
+    of 4 x width hidden units."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attention = SelfAttention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class RowTransformer(nn.Module):
+    """A small transformer classifier of images (C, H, W) read as H tokens, one per row of
+    C x W pixels: linear token embedding + learned position embedding, ``depth`` pre-norm
+    blocks (``EncoderBlock``, ``heads`` attention heads), a final LayerNorm, the mean over
+    tokens, a linear head. Inputs may come flattened, (batch, C*H*W). For 8x8 digits with
+    width 16 and 1 block: 3,754 parameters."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        n_outputs: int,
+        width: int = 16,
+        depth: int = 1,
+        heads: int = 2,
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"RowTransformer needs image inputs (C, H, W), got {input_shape}")
+        if width < 1 or depth < 0:
+            raise ValueError(f"RowTransformer: width >= 1 and depth >= 0, got {width}, {depth}")
+        channels, self.length, columns = input_shape
+        self.image_shape = tuple(input_shape)
+        self.embed = nn.Linear(channels * columns, width)
+        self.positions = nn.Embedding(self.length, width)
+        self.blocks = nn.Sequential(*(EncoderBlock(width, heads) for _ in range(depth)))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, n_outputs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        images = x.reshape(-1, *self.image_shape)  # (batch, C, H, W)
+        rows = images.permute(0, 2, 1, 3).flatten(2)  # (batch, H, C*W): one token per row
+        positions = torch.arange(self.length, device=x.device)
+        h = self.embed(rows) + self.positions(positions)
+        h = self.norm(self.blocks(h))
+        return self.head(h.mean(dim=1))

@@ -144,7 +144,7 @@ def gelu_derivatives(x: Tensor, approximate: str = "none") -> Derivatives:
         raise ValueError(f"GELU approximate={approximate!r} is not supported; use 'none' or 'tanh'")
     half_square = x.square().mul_(-0.5)  # -x^2 / 2
     pdf = half_square.exp().mul_(1 / math.sqrt(2 * math.pi))  # subnormal only for |x| > 13
-    first = torch.ops.aten.gelu_backward(x.new_ones(()).expand_as(x), x)  # Phi + x phi
+    first = torch.erf(x * (1 / math.sqrt(2.0))).add_(1).mul_(0.5).addcmul_(x, pdf)  # Phi + x phi
     return first, pdf.mul_(half_square.mul_(2).add_(2))  # phi (2 - x^2)
 
 
