@@ -98,17 +98,6 @@ class Environment:
         self._episode_return, self._episode_length = 0.0, 0
         self.observation = self._observe(self.env.reset(seed=seed)[0])
 
-    def describe(self) -> dict[str, Any]:
-        spec = self.env.spec
-        return {
-            "env_id": self.env_id,
-            "obs_dim": self.obs_dim,
-            "act_dim": self.act_dim,
-            "action_low": self.low.tolist(),
-            "action_high": self.high.tolist(),
-            "max_episode_steps": spec.max_episode_steps if spec else None,
-        }
-
     def _observe(self, observation: np.ndarray) -> Tensor:
         observation = np.asarray(observation, dtype=np.float64)
         if self.normalize_obs is not None:
