@@ -13,6 +13,7 @@ import pytest
 from hesscale import cli
 from hesscale.experiments.sweep.plan import count_runs, plan
 from hesscale.experiments.sweep.spec import load_spec, shipped_specs
+from tests.test_experiments import needs_missing_rl_extra
 
 RUN = ["run", "--task", "digits", "--network", "fc_relu_small", "--learner", "sgd", "--lr", "0.1"]
 
@@ -141,9 +142,11 @@ def test_sweep_list_says_what_each_spec_is_and_how_many_runs(capsys):
     assert len(lines) == len(specs)
     for line in lines:
         name, count, runs, *description = line.split()
+        assert runs == "runs" and int(count) == count_runs(specs[name])
+        if needs_missing_rl_extra(specs[name]):
+            continue  # the count needs no extra; loading the spec does
         planned = plan(load_spec(specs[name]), Path("/tmp/unused"))
-        assert runs == "runs" and int(count) == sum(len(r) for r in planned.values())
-        assert int(count) == count_runs(specs[name])
+        assert int(count) == sum(len(r) for r in planned.values())
         assert len(" ".join(description)) > 20  # a sentence, not a path
 
 

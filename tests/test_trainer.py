@@ -125,3 +125,24 @@ def test_state_dict_round_trip_continues_the_same_run():
 def test_bad_schedule_is_refused():
     with pytest.raises(ValueError, match="steps and bin_size must be >= 1"):
         trainer(Counter(), steps=0)
+
+
+class Episodic(Counter):
+    """Counts an 'episode' only on even steps, and adds its episode list to the log."""
+
+    metrics = ("return",)
+
+    def step(self):
+        super().step()
+        return {"return": (float(self.k), 1) if self.k % 2 == 0 else (0.0, 0)}
+
+    def log_fields(self):
+        return {"episodes": list(range(self.k))}
+
+
+def test_bins_that_count_nothing_log_nan_and_steppers_add_log_fields():
+    import math
+
+    log = trainer(Episodic(), steps=5, bin_size=1).run()
+    assert [math.isnan(v) for v in log["return"]] == [True, False, True, False, True]
+    assert log["return"][1] == 2.0 and log["episodes"] == [0, 1, 2, 3, 4]

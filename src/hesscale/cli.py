@@ -104,7 +104,11 @@ def _command(argv: list[str]) -> str | None:
 
 
 def _missing_extra(error: ModuleNotFoundError) -> str | None:
-    """A message for a missing package of the experiments extra (None for anything else)."""
+    """A message for a missing package of an extra (None for anything else)."""
+    from hesscale.errors import MissingExtraError
+
+    if isinstance(error, MissingExtraError):
+        return str(error)  # names its extra (e.g. rl: gymnasium, mujoco)
     top = (error.name or "").split(".")[0]
     if top not in EXPERIMENTS_EXTRA:
         return None

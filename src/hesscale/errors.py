@@ -23,3 +23,8 @@ class UnsupportedOperationError(HesScaleError, NotImplementedError):
 
 class Diverged(FloatingPointError):
     """A training step that cannot be taken: its loss or its update is not finite."""
+
+
+class MissingExtraError(ModuleNotFoundError):
+    """A package of one of hesscale's optional extras is not installed; the message names the
+    extra and the command that installs it."""

@@ -10,7 +10,9 @@ size, bins, ...; only the seed differs); for each such group it draws:
   sensitivity_<task>_<network>.png  average loss and accuracy vs. step size, per learner (for
                                     each step size its best setting of the other hyperparameters)
 
-and writes summary.md (the table of best configurations). Groups of the same task and network
+and writes summary.md (the table of best configurations). RL runs (tasks rl:...) get their
+episodic returns over environment steps instead (returns_<task>_<network>.png, and their own
+sensitivity plot and table: hesscale.experiments.rl.plot). Groups of the same task and network
 with other settings (e.g. 200 and 50 steps) get plots of their own, named after the settings
 that differ. Curves that coincide (e.g. AdaHesScale and AdaHesScaleGN on ReLU networks) are
 drawn with distinct line styles and marked "identical to ..." in the legend.
@@ -386,6 +388,13 @@ def plot_all(root: str | Path, out_dir: str | Path | None = None) -> list[Path]:
             tag += "__" + _settings_text(differing[key], "_").replace("=", "")
             title += f" ({_settings_text(differing[key], ', ')})"
         tag = safe_name(tag)  # labels may be import paths
+        if task.startswith("rl:"):  # returns instead of losses: hesscale.experiments.rl.plot
+            from hesscale.experiments.rl import plot as rl_plot
+
+            files, table = rl_plot.plot_group(learners, title, out_dir, tag)
+            written += files
+            tables.append(table)
+            continue
         plot_curves(learners, title, out_dir / f"curves_{tag}.png")
         plot_sensitivity(learners, title, out_dir / f"sensitivity_{tag}.png")
         written += [out_dir / f"curves_{tag}.png", out_dir / f"sensitivity_{tag}.png"]

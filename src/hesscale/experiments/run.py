@@ -13,6 +13,11 @@ Tasks, networks and learners are built-in names or your own, by import path:
 path/to/tasks.py:my_stream``, each optionally labelled (``--learner rms=torch.optim:RMSprop``).
 Modules are searched in the working directory, ``--pythonpath`` and PYTHONPATH. What each must
 be: hesscale.experiments.tasks.TaskFactory, networks.NetworkFactory, learners.LearnerSpec.
+
+Reinforcement learning: ``--task rl:<gymnasium id>`` (e.g. rl:Hopper-v5, rl:Pendulum-v1) with
+an actor-critic network (``--network actor_critic_tanh``) runs PPO, or A2C with ``--task-opt
+algo=a2c``; ``--steps`` and ``--bin-size`` then count environment steps and the log holds the
+return of every episode (hesscale.experiments.rl; needs the ``rl`` extra).
 """
 
 from __future__ import annotations
@@ -244,10 +249,17 @@ def build_trainer(
         },
         "config": asdict(config),
     }
+    # a step that consumes several units of --steps (an RL rollout: environment steps)
+    per_step = getattr(stepper, "units_per_step", 1)
+    if config.steps < per_step:
+        raise ValueError(
+            f"--steps {config.steps} is less than one step of task '{parts.task.label}' "
+            f"({per_step} {getattr(stepper, 'unit', 'steps')})."
+        )
     return Trainer(
         stepper,
-        steps=config.steps,
-        bin_size=config.bin_size,
+        steps=config.steps // per_step,
+        bin_size=max(1, config.bin_size // per_step),
         eval_every=config.eval_every,
         header=header,
         experiment=config.experiment(),
@@ -307,7 +319,7 @@ def default_out(config: RunConfig) -> Path:
 
 
 # errors that come from the settings or the data, not from a bug: reported without a traceback
-USER_ERRORS = ("DatasetNotFoundError", "ValueError")
+USER_ERRORS = ("DatasetNotFoundError", "ValueError", "MissingExtraError")
 
 
 def run_and_log(
@@ -582,7 +594,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"hesscale run: {log['message']} (log: {out})", file=sys.stderr)
         return EXIT_FAILED
     summary = f"{out}: {status} after {log['steps_done']} steps in {log['wall_time_s']:.1f} s"
-    if log["loss"]:
+    if log.get("loss"):
         summary += f", last loss {log['loss'][-1]:.4f}, accuracy {log['accuracy'][-1]:.3f}"
+    returns = [r for r in log.get("return", []) if r is not None and math.isfinite(r)]
+    if returns:  # an RL run
+        summary += f", last return {returns[-1]:.1f} ({len(log['episodes']['return'])} episodes)"
     print(summary)
     return EXIT_PREEMPTED if status == "preempted" else 0

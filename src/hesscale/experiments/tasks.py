@@ -100,7 +100,8 @@ class SupervisedTask(Protocol):
 class TaskFactory(Protocol):
     """Builds a run's task: ``factory(settings, **options)``; the options come from
     ``--task-opt KEY=VALUE`` or a spec's ``task_options`` table. A function, or a class
-    whose constructor takes these arguments."""
+    whose constructor takes these arguments. A factory may carry ``check_options(options)``,
+    which raises ValueError for option values it cannot use, before anything runs."""
 
     def __call__(self, settings: TaskSettings, /, **options: Any) -> SupervisedTask: ...
 
@@ -554,12 +555,33 @@ for _name in task_names():
     TASKS.register(_name, _builtin_task(_name), builtin=True)
 
 
+def reinforcement_learning(settings: TaskSettings, /, **options: Any) -> Any:
+    """rl:<gymnasium id>: PPO (or A2C: algo='a2c') on a gymnasium environment with continuous
+    actions; options as hesscale.experiments.rl.options.OPTIONS (needs the rl extra)."""
+    from hesscale.experiments.rl.task import RLTask
+
+    return RLTask(settings, **options)
+
+
+def _check_rl_options(options: dict[str, Any]) -> None:
+    from hesscale.experiments.rl.task import check_options
+
+    check_options(options)
+
+
+reinforcement_learning.check_options = _check_rl_options  # type: ignore[attr-defined]
+TASKS.register("rl:*", reinforcement_learning, builtin=True)
+
+
 def check_task_options(factory: TaskFactory, what: str, options: dict[str, Any]) -> None:
     """ComponentError if ``factory`` does not take ``options``; bad values of a built-in
     option are ValueErrors too."""
     problem = signature_accepts(factory, [TaskSettings("check")], options)
     if problem:
         raise ComponentError(f"{what} does not take the options {sorted(options)}: {problem}.")
+    check_values = getattr(factory, "check_options", None)  # a factory's own early checks
+    if callable(check_values):
+        check_values(options)
     mode = options.get("normalize")
     builtin = getattr(factory, "__module__", None) == __name__
     if builtin and mode is not None and mode not in NORMALIZATIONS:

@@ -6,7 +6,9 @@ an optimizer update for supervised learning; a rollout and an update for reinfor
 learning). The trainer knows nothing about models or data; the stepper nothing about logs,
 bins, signals or checkpoints. Each step returns its metrics as ``{name: (sum, count)}``; the
 trainer sums them over bins of ``bin_size`` steps and logs sum / count per bin (a per-step
-loss: ``(loss, 1)``; an accuracy over a batch: ``(hits, batch size)``).
+loss: ``(loss, 1)``; an accuracy over a batch: ``(hits, batch size)``; NaN, null in the JSON
+log, for a bin that counted nothing, e.g. no episode ended in it). A stepper with a
+``log_fields()`` method adds what it returns to the log (e.g. every episode of an RL run).
 
 Statuses the loop ends with: ``finished``; ``diverged`` (the stepper raised
 ``hesscale.errors.Diverged``; the curve up to that step is kept); ``preempted`` (the stop flag
@@ -19,6 +21,7 @@ the same result as an uninterrupted run). On KeyboardInterrupt the partial log (
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -247,6 +250,7 @@ class Trainer:
             raise
         finally:
             bar.close()
+            log.update(getattr(self.stepper, "log_fields", dict)())
         log.update(status=status, wall_time_s=self.wall_time(), finished_at=now())
         return log
 
@@ -259,7 +263,8 @@ class Trainer:
     def _close_bin(self, step_end: int, bar) -> None:
         self.log["bin_ends"].append(step_end)
         for name in self.stepper.metrics:
-            self.log[name].append(self._bin["sums"][name] / self._bin["counts"][name])
+            count = self._bin["counts"][name]
+            self.log[name].append(self._bin["sums"][name] / count if count else math.nan)
         bar.set_postfix({name: f"{self.log[name][-1]:.4g}" for name in self.stepper.metrics})
         self._bin = _empty_bin(self.stepper.metrics)
 

@@ -15,7 +15,7 @@ class AdaHesScale(ExtensionAdam):
     ``AdaHesScale(params, lr=3e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
     maximize=False, preconditioner='adam', delta=None, max_scale=1.0, on_nonfinite='raise')``
 
-    Three ways to drive it, on any model:
+    Four ways to drive it, on any model:
 
     1. ``hesscale.backward`` instead of ``loss.backward()`` (use it when you own the loop;
        several backward passes before ``step()`` accumulate, as gradients do)::
@@ -40,6 +40,15 @@ class AdaHesScale(ExtensionAdam):
            with backpack(opt.method):   # opt.method is the BackPACK extension it needs
                loss.backward()
            opt.step()
+
+    4. Inside a framework that runs ``loss.backward()`` and ``optimizer.step()`` itself, e.g.
+       Stable-Baselines3 (``policy_kwargs=dict(optimizer_class=AdaHesScale)``)::
+
+           with hesscale.enable():
+               model.learn(total_timesteps=100_000)
+
+       Gradient clipping between backward and ``step()`` (``clip_grad_norm_``, as SB3 does)
+       scales the gradient, hence the step; the diagonal, the loss's curvature, is not scaled.
 
     ``step()`` raises if a parameter has a gradient but no fresh diagonal (backward ran
     without HesScale, or a diagonal was already used by an earlier step). ``zero_grad()``
@@ -80,7 +89,9 @@ class AdaHesScale(ExtensionAdam):
     how_to_backward = (
         "Run hesscale.backward(loss) instead of loss.backward() (any model), or "
         "`with backpack(opt.method): loss.backward()` (backpack.extend-ed models), before every "
-        "step(), or call opt.step(closure) with a closure that returns the loss."
+        "step(), or call opt.step(closure) with a closure that returns the loss. When a "
+        "framework's loop calls loss.backward() itself (e.g. Stable-Baselines3's learn()), run "
+        "it under `with hesscale.enable():`."
     )
 
     def _backward(self, loss: Tensor) -> None:

@@ -41,6 +41,10 @@ A spec::
     [slurm]                        # defaults for the --time, --mem, ... options below
     time = "01:00:00"
 
+Reinforcement learning: task = "rl:Hopper-v5", network = "actor_critic_tanh", task_options =
+{ algo = "ppo" } (or "a2c", with the algorithm's options); steps and bin_size then count
+environment steps (hesscale.experiments.rl; the paper_* and rl_* specs).
+
 task, network and learner may be your own: "package.module:attribute" (searched in the
 spec's folder, the working directory and PYTHONPATH) or "path/to/file.py:attribute" (relative
 to the spec's folder), "LABEL=..." to name it; see examples/custom_components.toml.
