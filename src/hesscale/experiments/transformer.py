@@ -13,12 +13,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: softmax(q k^T / sqrt(d)) v per head (``causal``: each token
+    attends to itself and earlier ones), then an output projection.
+
+    ``fused``: with ``F.scaled_dot_product_attention`` (one fused autograd node); otherwise
+    written out as its primitive operations, which the approximation-quality study needs: the
+    CPU flash-attention kernel has no second derivative, so exact Hessian-vector products
+    cannot go through it."""
+
+    def __init__(self, width: int, heads: int, causal: bool = False, fused: bool = True) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
-        self.heads = heads
+        self.heads, self.causal, self.fused = heads, causal, fused
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
@@ -26,15 +34,26 @@ class CausalSelfAttention(nn.Module):
         batch, length, width = x.shape
         q, k, v = self.qkv(x).split(width, dim=2)
         q, k, v = (t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if self.fused:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        else:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+            if self.causal:
+                later = torch.ones(length, length, dtype=torch.bool, device=x.device).triu_(1)
+                scores = scores.masked_fill(later, -math.inf)
+            y = scores.softmax(dim=-1) @ v
         return self.proj(y.transpose(1, 2).reshape(batch, length, width))
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
+    """Pre-norm transformer block: x + attention(LN(x)), then x + MLP(LN(x)) with a GELU MLP
+    of 4 x width hidden units."""
+
+    def __init__(self, width: int, heads: int, causal: bool = False, fused: bool = True) -> None:
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.attention = CausalSelfAttention(width, heads)
+        self.norm1 = nn.LayerNorm(width)
+        self.attention = SelfAttention(width, heads, causal, fused)
+        self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
             nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
         )
@@ -53,7 +72,7 @@ class GPT(nn.Module):
         super().__init__()
         self.tokens = nn.Embedding(vocab, width)
         self.positions = nn.Embedding(length, width)
-        self.blocks = nn.Sequential(*(Block(width, heads) for _ in range(depth)))
+        self.blocks = nn.Sequential(*(Block(width, heads, causal=True) for _ in range(depth)))
         self.norm = nn.LayerNorm(width)
 
     def forward(self, tokens: Tensor) -> Tensor:
@@ -70,54 +89,11 @@ class SequenceCrossEntropy(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over all tokens (no mask), written out as its primitive
-    operations: softmax(q k^T / sqrt(d)) v per head, then an output projection.
-
-    Not ``F.scaled_dot_product_attention``: the CPU flash-attention kernel it picks has no
-    second derivative, so the exact Hessian diagonal (Hessian-vector products) could not be
-    computed through it."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        if width % heads:
-            raise ValueError(f"width {width} is not divisible by heads {heads}")
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch, length, width = x.shape
-        q, k, v = self.qkv(x).split(width, dim=2)
-        q, k, v = (t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-        y = scores.softmax(dim=-1) @ v
-        return self.proj(y.transpose(1, 2).reshape(batch, length, width))
-
-
-class EncoderBlock(nn.Module):
-    """Pre-norm transformer block: x + attention(LN(x)), then x + MLP(LN(x)) with a GELU MLP
-    of 4 x width hidden units."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.attention = SelfAttention(width, heads)
-        self.norm2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attention(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class RowTransformer(nn.Module):
     """A small transformer classifier of images (C, H, W) read as H tokens, one per row of
     C x W pixels: linear token embedding + learned position embedding, ``depth`` pre-norm
-    blocks (``EncoderBlock``, ``heads`` attention heads), a final LayerNorm, the mean over
-    tokens, a linear head. Inputs may come flattened, (batch, C*H*W). For 8x8 digits with
+    blocks (``Block``, ``heads`` attention heads written out as primitive operations), a final
+    LayerNorm, the mean over tokens, a linear head. Inputs may come flattened, (batch, C*H*W). For 8x8 digits with
     width 16 and 1 block: 3,754 parameters."""
 
     def __init__(
@@ -137,7 +113,7 @@ class RowTransformer(nn.Module):
         self.image_shape = tuple(input_shape)
         self.embed = nn.Linear(channels * columns, width)
         self.positions = nn.Embedding(self.length, width)
-        self.blocks = nn.Sequential(*(EncoderBlock(width, heads) for _ in range(depth)))
+        self.blocks = nn.Sequential(*(Block(width, heads, fused=False) for _ in range(depth)))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, n_outputs)
 
