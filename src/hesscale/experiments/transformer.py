@@ -93,8 +93,8 @@ class RowTransformer(nn.Module):
     """A small transformer classifier of images (C, H, W) read as H tokens, one per row of
     C x W pixels: linear token embedding + learned position embedding, ``depth`` pre-norm
     blocks (``Block``, ``heads`` attention heads written out as primitive operations), a final
-    LayerNorm, the mean over tokens, a linear head. Inputs may come flattened, (batch, C*H*W). For 8x8 digits with
-    width 16 and 1 block: 3,754 parameters."""
+    LayerNorm, the mean over tokens, a linear head. Inputs may come flattened, (batch, C*H*W).
+    For 8x8 digits with width 16 and 1 block: 3,754 parameters."""
 
     def __init__(
         self,
