@@ -18,7 +18,7 @@ from hesscale.experiments.rl.envs import Environment  # noqa: E402
 from hesscale.experiments.rl.policy import actor_critic  # noqa: E402
 from hesscale.experiments.rl.rollout import collect  # noqa: E402
 from hesscale.experiments.run import RunConfig, build_trainer, run_and_log, train  # noqa: E402
-from hesscale.experiments.trainer import StopFlag  # noqa: E402
+from tests.test_trainer import StopAfter  # noqa: E402
 
 TINY_PPO = {"rollout_steps": 64, "minibatches": 2, "epochs": 2}
 
@@ -181,23 +181,6 @@ def test_gradient_clipping_runs_for_first_and_second_order_learners():
     for learner in ("adam", "adahesscale"):
         run = config(learner=learner, steps=64, task_options={**TINY_PPO, "max_grad_norm": 0.5})
         assert train(run, progress=False)["status"] == "finished"
-
-
-class StopAfter(StopFlag):
-    """Stops the loop before step ``n + 1``."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n = n
-
-    @property
-    def reason(self):
-        self.n -= 1
-        return "SIGUSR1" if self.n < 0 else None
-
-    @reason.setter
-    def reason(self, value):
-        pass
 
 
 def test_a_preempted_run_resumes_from_its_checkpoint_the_same_way_every_time(tmp_path):

@@ -40,6 +40,8 @@ class Counter:
 
 
 class StopAfter(StopFlag):
+    """Stops the loop before step ``n + 1`` (as a signal would)."""
+
     def __init__(self, n: int) -> None:
         super().__init__()
         self.n = n
