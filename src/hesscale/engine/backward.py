@@ -57,7 +57,6 @@ class DiagonalBackward:
         self.loss = loss
         self.variants = tuple(variants)
         self.graph = graphs.Graph(loss.grad_fn)
-        self.graph.check_supported()
         self.network = self._network(output) if "hesscale_gn" in self.variants else set()
         # per variant: (node, output index) -> the diagonal that node's output has received
         self.pending: list[dict[tuple[Node, int], Tensor | None]] = [{} for _ in self.variants]

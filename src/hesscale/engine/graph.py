@@ -12,7 +12,15 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from hesscale.engine.registry import RULES
+from hesscale.engine.registry import (
+    RULES,
+    UNSUPPORTED,
+    Kind,
+    OperationRule,
+    Rule,
+    kind_of,
+    register_unsupported,
+)
 from hesscale.errors import HesScaleError, UnsupportedOperationError
 from hesscale.internals import accumulated_variable, forward_traceback
 
@@ -21,12 +29,18 @@ Edge = tuple[Node, int]
 
 
 class Graph:
-    """The nodes reachable from ``root`` (a loss's ``grad_fn``), each reached once.
+    """The nodes reachable from ``root`` (a loss's ``grad_fn``), each reached once, read and
+    checked in the constructor.
 
     ``leaves`` maps each AccumulateGrad node to its leaf tensor; ``edges`` maps every other node
     to its ``next_functions``; ``parents`` maps each node to the node that reached it first on a
-    shortest path from the root (for error messages); after ``check_supported``, ``rules`` maps
-    every non-leaf node to its rule.
+    shortest path from the root (for error messages); ``rules`` maps every non-leaf node to its
+    rule; ``reshuffles`` maps each reshuffle (Kind.RESHUFFLE, one input) to its input edge;
+    ``has_module_hooks`` says whether nn.Module full backward hooks recorded identity nodes.
+
+    Raises:
+        UnsupportedOperationError: for the first node without a rule (or whose configuration
+            its rule does not cover), before anything is computed.
     """
 
     def __init__(self, root: Node) -> None:
@@ -47,6 +61,19 @@ class Graph:
                 if child is not None and child not in self.parents:
                     self.parents[child] = node
                     queue.append(child)
+        self.rules: dict[Node, Rule] = {}
+        self.kinds: dict[Node, Kind] = {}
+        self.reshuffles: dict[Node, Edge] = {}
+        for node in self.edges:
+            entry = RULES.get(node.name())
+            reason = None if entry is None or entry.check is None else entry.check(node)
+            if entry is None or reason is not None:
+                raise UnsupportedOperationError(self._unsupported(node, entry, reason))
+            self.rules[node] = entry.rule
+            self.kinds[node] = entry.kind
+            if Kind.RESHUFFLE in entry.kind and len(self.edges[node]) == 1:
+                self.reshuffles[node] = self.edges[node][0]
+        self.has_module_hooks = any(Kind.MODULE_HOOK in kind for kind in self.kinds.values())
 
     def path_to(self, node: Node) -> str:
         """The chain of node names from the root down to ``node``."""
@@ -56,141 +83,59 @@ class Graph:
             node = self.parents[node]
         return " -> ".join(reversed(names))
 
-    def check_supported(self) -> None:
-        """Raise UnsupportedOperationError for the first node without a rule (or whose
-        configuration its rule does not cover), before anything is computed."""
-        self.has_module_hooks = False
-        self.rules = {}
-        self.reshuffles = {}
-        for node in self.edges:
-            name = node.name()
-            self.has_module_hooks |= name == "BackwardHookFunctionBackward"
-            if name in RESHUFFLES and len(self.edges[node]) == 1:
-                self.reshuffles[node] = self.edges[node][0]
-            entry = RULES.get(name)
-            reason = None if entry is None or entry.check is None else entry.check(node)
-            if entry is not None and reason is None:
-                self.rules[node] = entry.rule
-                continue
-            problem = (
-                "has no HesScale rule" if entry is None else f"is not supported here: {reason}"
-            )
-            message = (
-                f"The autograd operation {name} {problem}. It was reached from the loss through "
-                f"{self.path_to(node)}."
-            )
-            if name in OPAQUE_NODES:
-                message += " " + OPAQUE_NODES[name]
-            traceback = forward_traceback(node)
-            if traceback:
-                message += f"\nIt was recorded in the forward pass at:\n{traceback.rstrip()}"
-            else:
-                message += (
-                    " To see the line of the forward pass that recorded it, run the forward "
-                    "pass under torch.autograd.detect_anomaly(check_nan=False)."
-                )
+    def nodes_of_kind(self, kind: Kind) -> list[Node]:
+        """The graph's nodes that the registry declares ``kind``."""
+        return [node for node, declared in self.kinds.items() if kind in declared]
+
+    def _unsupported(self, node: Node, entry: OperationRule | None, reason: str | None) -> str:
+        name = node.name()
+        problem = "has no HesScale rule" if entry is None else f"is not supported here: {reason}"
+        message = (
+            f"The autograd operation {name} {problem}. It was reached from the loss through "
+            f"{self.path_to(node)}."
+        )
+        if name in UNSUPPORTED:
+            message += " " + UNSUPPORTED[name]
+        traceback = forward_traceback(node)
+        if traceback:
+            message += f"\nIt was recorded in the forward pass at:\n{traceback.rstrip()}"
+        else:
             message += (
-                " hesscale.supported_operations() lists every supported operation; a custom "
-                "autograd.Function can get a rule with hesscale.engine.register."
+                " To see the line of the forward pass that recorded it, run the forward "
+                "pass under torch.autograd.detect_anomaly(check_nan=False)."
             )
-            raise UnsupportedOperationError(message)
+        message += (
+            " hesscale.supported_operations() lists every supported operation; a custom "
+            "autograd.Function can get a rule with hesscale.engine.register."
+        )
+        return message
 
-
-# One input, one output, each output entry a copy of one input entry (views, transposes,
-# reshapes): linear without curvature, so h_x = J^T h_z may be applied to each contribution to
-# h_z as it arrives (their sum gives the same), instead of in a hook of their own.
-RESHUFFLES = frozenset(
-    {
-        "ViewBackward0",
-        "UnsafeViewBackward0",
-        "ReshapeAliasBackward0",
-        "AliasBackward0",
-        "TBackward0",
-        "TransposeBackward0",
-        "PermuteBackward0",
-        "UnsqueezeBackward0",
-        "SqueezeBackward0",
-        "SqueezeBackward1",
-        "SqueezeBackward2",
-        "CloneBackward0",
-    }
-)
 
 # Nodes that hide the operations they stand for, and what to do instead.
-OPAQUE_NODES = {
-    "CompiledFunctionBackward": (
+register_unsupported(
+    "CompiledFunctionBackward",
+    advice=(
         "It stands for a region compiled with torch.compile, whose operations autograd does not "
         "record one by one, so HesScale cannot see them. Run the forward pass of the uncompiled "
         "model for the steps that need diagonals (torch.compile(model) keeps the original as "
         "model._orig_mod), or compile only parts that need no diagonal."
     ),
-    "CheckpointFunctionBackward": (
+)
+register_unsupported(
+    "CheckpointFunctionBackward",
+    advice=(
         "It stands for a block under reentrant activation checkpointing "
         "(torch.utils.checkpoint with use_reentrant=True), whose operations autograd records "
         "only during the backward pass. Run that block without checkpointing."
     ),
-}
+)
 
 
 # HesScaleGN: where the network ends --------------------------------------------------------
 
-# Kernels of loss functions: their inputs are network outputs (NLL's may be a log-softmax).
-LOSS_KERNELS = frozenset(
-    {
-        "NllLossBackward0",
-        "NllLoss2DBackward0",
-        "MseLossBackward0",
-        "BinaryCrossEntropyWithLogitsBackward0",
-        "BinaryCrossEntropyBackward0",
-        "HuberLossBackward0",
-        "SmoothL1LossBackward0",
-        "SoftMarginLossBackward0",
-        "MultiMarginLossBackward0",
-        "AbsBackward0",  # F.l1_loss: torch records mean(abs(x - y)), no kernel of its own
-    }
-)
-RECOGNISED_LOSSES = (
+RECOGNIZED_LOSSES = (
     "cross-entropy, NLL, KL divergence of a log-softmax, MSE, BCE, Huber, smooth L1, L1, soft "
     "margin, multi-margin"
-)
-NLL_KERNELS = frozenset({"NllLossBackward0", "NllLoss2DBackward0"})
-RESHAPES = frozenset(
-    {"ViewBackward0", "UnsafeViewBackward0", "SqueezeBackward0", "SqueezeBackward1",
-     "UnsqueezeBackward0", "TransposeBackward0", "PermuteBackward0",
-     "BackwardHookFunctionBackward"}
-)  # fmt: skip
-LOG_SOFTMAX = "LogSoftmaxBackward0"
-
-# What a loss does after its kernels: reduce, weight, combine terms, reshape.
-LOSS_COMBINERS = frozenset(
-    {
-        "SumBackward0",
-        "SumBackward1",
-        "MeanBackward0",
-        "MeanBackward1",
-        "NegBackward0",
-        "AddBackward0",
-        "AddBackward1",
-        "SubBackward0",
-        "SubBackward1",
-        "RsubBackward0",
-        "RsubBackward1",
-        "MulBackward0",
-        "MulBackward1",
-        "DivBackward0",
-        "DivBackward1",
-        "MaskedFillBackward0",
-        "MaskedFillBackward1",
-        "CloneBackward0",
-        "ViewBackward0",
-        "UnsafeViewBackward0",
-        "SqueezeBackward0",
-        "SqueezeBackward1",
-        "UnsqueezeBackward0",
-        "ToCopyBackward0",
-        "BackwardHookFunctionBackward",
-        "FillBackward2",  # an empty batch: cross-entropy with probability targets fills NaN
-    }
 )
 
 
@@ -226,16 +171,16 @@ def detect_network_outputs(graph: Graph) -> list[Node]:
         if node in seen or node in graph.leaves:
             continue
         seen.add(node)
-        name = node.name()
-        if name in NLL_KERNELS:
+        name, kind = node.name(), graph.kinds[node]
+        if Kind.NLL_LOSS in kind:
             for child, _ in graph.edges[node]:
                 if child is None or child in graph.leaves:
                     continue
                 source = child
-                while source.name() in RESHAPES:  # cross-entropy over extra dimensions
+                while Kind.LAYOUT in kind_of(source):  # cross-entropy over extra dimensions
                     seen.add(source)
                     source = graph.edges[source][0][0]
-                if source.name() != LOG_SOFTMAX:
+                if Kind.LOG_PROBABILITIES not in kind_of(source):
                     raise HesScaleError(
                         f"HesScaleGN: the input of {name} does not come from a log_softmax "
                         f"(it comes from {source.name()}), so its Gauss-Newton diagonal would be "
@@ -243,20 +188,20 @@ def detect_network_outputs(graph: Graph) -> list[Node]:
                         "with hesscale.backward(loss, gn=True, output=...)."
                     )
                 queue.append(source)  # the log-softmax: part of the loss
-        elif name in LOSS_KERNELS or name == LOG_SOFTMAX:
+        elif kind & (Kind.LOSS | Kind.LOG_PROBABILITIES):
             found.extend(child for child, _ in graph.edges[node] if child is not None)
-        elif name in LOSS_COMBINERS:
+        elif Kind.LOSS_COMBINER in kind:
             queue.extend(child for child, _ in graph.edges[node] if child is not None)
         else:
             raise HesScaleError(
                 "HesScaleGN needs to know where the network ends and the loss begins, and the "
                 f"loss reaches {name} ({graph.path_to(node)}) before any loss function it "
-                f"recognises ({RECOGNISED_LOSSES}). Name the network output(s): "
+                f"recognises ({RECOGNIZED_LOSSES}). Name the network output(s): "
                 "hesscale.backward(loss, gn=True, output=logits)."
             )
     if not found:
         raise HesScaleError(
-            f"HesScaleGN found no loss function in the graph ({RECOGNISED_LOSSES}). Name the "
+            f"HesScaleGN found no loss function in the graph ({RECOGNIZED_LOSSES}). Name the "
             "network output(s): hesscale.backward(loss, gn=True, output=logits)."
         )
     return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hesscale.engine.call import NodeCall
 from hesscale.engine.ops.common import unary
-from hesscale.engine.registry import register
+from hesscale.engine.registry import Kind, register
 from hesscale.internals import saved_value
 from hesscale.rules import elementwise, softmax
 from hesscale.rules.precision import exp_without_subnormals, upcast
@@ -174,7 +174,7 @@ def softmax_(call: NodeCall):
     return (softmax.softmax_input(probs, h, g, call.saved("dim")),)
 
 
-@register("LogSoftmaxBackward0")
+@register("LogSoftmaxBackward0", kind=Kind.LOG_PROBABILITIES)
 def log_softmax(call: NodeCall):
     """Log-softmax along ``dim``, with its full Jacobian (rules.softmax)."""
     h, g = call.h, call.g

@@ -4,36 +4,39 @@ from __future__ import annotations
 
 from hesscale.engine.call import NodeCall
 from hesscale.engine.ops.common import backward_formula, entrywise_linear, scaled, unary
-from hesscale.engine.registry import register
+from hesscale.engine.registry import Kind, register
 from hesscale.rules import arithmetic, elementwise
 from hesscale.rules.elementwise import elementwise_input
 
+# sums, differences, scalings: entrywise linear, and what a loss does to combine its terms
+COMBINES_LINEARLY = Kind.ENTRYWISE_LINEAR | Kind.LOSS_COMBINER
 
-@register("AddBackward0", "SubBackward0")
+
+@register("AddBackward0", "SubBackward0", kind=COMBINES_LINEARLY)
 def add(call: NodeCall):
     """z = x + alpha y (or x - alpha y): h_x = h_z, h_y = alpha^2 h_z."""
     return call.h, scaled(call.h, call.saved("alpha"))
 
 
-@register("AddBackward1", "SubBackward1", "NegBackward0")
+@register("AddBackward1", "SubBackward1", "NegBackward0", kind=COMBINES_LINEARLY)
 def pass_through(call: NodeCall):
     """z = x + c, x - c or -x: h_x = h_z."""
     return (call.h,)
 
 
-@register("RsubBackward0")
+@register("RsubBackward0", kind=COMBINES_LINEARLY)
 def rsub(call: NodeCall):
     """z = y - alpha x (torch.rsub(x, y)): h_x = alpha^2 h_z, h_y = h_z."""
     return scaled(call.h, call.saved("alpha")), call.h
 
 
-@register("RsubBackward1")
+@register("RsubBackward1", kind=COMBINES_LINEARLY)
 def rsub_scalar(call: NodeCall):
     """z = c - alpha x: h_x = alpha^2 h_z."""
     return (scaled(call.h, call.saved("alpha")),)
 
 
-@register("MulBackward0")
+@register("MulBackward0", kind=COMBINES_LINEARLY)
 def mul(call: NodeCall):
     """z = x * y: h_x = y^2 h_z, h_y = x^2 h_z (bilinear: no own curvature per input)."""
     h = call.h
@@ -45,13 +48,13 @@ def mul(call: NodeCall):
     )
 
 
-@register("MulBackward1")
+@register("MulBackward1", kind=COMBINES_LINEARLY)
 def mul_scalar(call: NodeCall):
     """z = c x: h_x = c^2 h_z."""
     return (scaled(call.h, call.saved("other")),)
 
 
-@register("DivBackward0")
+@register("DivBackward0", kind=Kind.LINEAR_IN_FIRST | Kind.LOSS_COMBINER)
 def div(call: NodeCall):
     """z = x / y: h_x = h_z / y^2, h_y = (z / y)^2 h_z + 2 z / y^2 g_z."""
     h, g = call.h, call.g
@@ -63,7 +66,7 @@ def div(call: NodeCall):
     return h_x, h_y
 
 
-@register("DivBackward1")
+@register("DivBackward1", kind=COMBINES_LINEARLY)
 def div_scalar(call: NodeCall):
     """z = x / c: h_x = h_z / c^2."""
     return (scaled(call.h, 1 / call.saved("other")),)
@@ -101,12 +104,12 @@ def reciprocal(call: NodeCall):
     return unary(call, lambda: elementwise.reciprocal_derivatives_from_output(call.saved("result")))
 
 
-@register("AbsBackward0")
+@register("AbsBackward0", kind=Kind.LOSS)  # F.l1_loss: mean(abs(x - y)), no kernel of its own
 def abs_(call: NodeCall):
     return unary(call, lambda: elementwise.abs_derivatives(call.saved("self")))
 
 
-@register("MeanBackward0", "MeanBackward1")
+@register("MeanBackward0", "MeanBackward1", kind=Kind.LOSS_COMBINER, family="reductions")
 def mean(call: NodeCall):
     """z = sum(x) / n over the reduced entries: h_x = h_z / n^2 (broadcast back)."""
     h = call.h
@@ -117,19 +120,16 @@ def mean(call: NodeCall):
     return (spread / n,)
 
 
-SELECT_ENTRIES = (
+@register(
     "WhereBackward0",
-    "MaskedFillBackward0",
-    "MaskedFillBackward1",
     "ClampBackward0",
     "ClampBackward1",
     "ClampMinBackward0",
     "ClampMaxBackward0",
     "HardtanhBackward0",  # also F.relu6
+    kind=Kind.ZERO_ONE,
 )
-
-
-@register(*SELECT_ENTRIES)
+@register("MaskedFillBackward0", "MaskedFillBackward1", kind=Kind.ZERO_ONE | Kind.LOSS_COMBINER)
 def select_entries(call: NodeCall):
     """Each output entry is one input entry or a constant (where, masked_fill, clamp and
     hardtanh with their bounds): J holds zeros and ones and there is no curvature, so
@@ -141,7 +141,7 @@ def select_entries(call: NodeCall):
 
 # Each input entry reaches one output entry (per broadcast copy), (piecewise) linearly or
 # multilinearly: no curvature on the diagonal.
-ENTRYWISE_LINEAR = (
+@register(
     "MinimumBackward0",  # ties: torch gives each input half the gradient, so J = 1/2 there
     "MaximumBackward0",
     "FminBackward0",
@@ -149,10 +149,8 @@ ENTRYWISE_LINEAR = (
     "AddcmulBackward0",  # x + v t1 t2
     "LerpBackward0",  # x + w (y - x), w a number
     "LerpBackward1",  # w a tensor: bilinear in (w, x) and (w, y)
+    kind=Kind.ENTRYWISE_LINEAR,
 )
-
-
-@register(*ENTRYWISE_LINEAR)
 def entrywise(call: NodeCall):
     """h_x = (J^T h_z) * (J^T 1): the node's backward formula applied to h_z and to ones."""
     return entrywise_linear(call)
@@ -241,7 +239,7 @@ def atan2(call: NodeCall):
 
 # Functions whose derivative is zero wherever it exists (torch's gradient is zero): nothing
 # propagates.
-ZERO_DERIVATIVE = (
+@register(
     "SignBackward0",
     "SgnBackward0",
     "FloorBackward0",
@@ -250,9 +248,6 @@ ZERO_DERIVATIVE = (
     "RoundBackward1",
     "TruncBackward0",
 )
-
-
-@register(*ZERO_DERIVATIVE)
 def zero_derivative(call: NodeCall):
     """h_x = 0 (J = 0 and no curvature)."""
     return (None,) * len(call.grad_in)

@@ -18,17 +18,8 @@ from hesscale.internals import saved_value
 from hesscale.rules import attention
 from hesscale.rules.precision import working_dtype
 
-# node name -> (saved name of the log-sum-exp, saved name of the additive mask or None)
-FUSED_ATTENTION = {
-    "ScaledDotProductFlashAttentionForCpuBackward0": ("logsumexp", "attn_mask"),
-    "ScaledDotProductFlashAttentionBackward0": ("logsumexp", None),
-    "ScaledDotProductEfficientAttentionBackward0": ("log_sumexp", "attn_bias"),
-    "ScaledDotProductCudnnAttentionBackward0": ("logsumexp", "attn_bias"),
-}
-CUDA_ONLY = frozenset(FUSED_ATTENTION) - {"ScaledDotProductFlashAttentionForCpuBackward0"}
 
-
-def _check_fused_attention(node) -> str | None:
+def _check_fused_attention(node, cuda_kernel: bool = False) -> str | None:
     if saved_value(node, "dropout_p") > 0:
         return (
             "dropout inside fused attention: the random mask it drew cannot be recovered. Use "
@@ -38,23 +29,44 @@ def _check_fused_attention(node) -> str | None:
     query, key = saved_value(node, "query"), saved_value(node, "key")
     if query.is_nested:
         return "nested (variable-length) query / key / value tensors"
-    if (
-        node.name() in CUDA_ONLY
-        and saved_value(node, "is_causal")
-        and query.shape[-2] != key.shape[-2]
-    ):
+    if cuda_kernel and saved_value(node, "is_causal") and query.shape[-2] != key.shape[-2]:
         return "is_causal with a different number of queries and keys on a CUDA kernel"
     return None
 
 
-@register(*FUSED_ATTENTION, check=_check_fused_attention)
-def scaled_dot_product_attention(call: NodeCall):
+def _check_cuda_attention(node) -> str | None:
+    return _check_fused_attention(node, cuda_kernel=True)
+
+
+# One node per kernel; each saves its log-sum-exp and additive mask under its own names.
+@register("ScaledDotProductFlashAttentionForCpuBackward0", check=_check_fused_attention)
+def flash_attention_cpu(call: NodeCall):
+    return scaled_dot_product_attention(call, "logsumexp", "attn_mask")
+
+
+@register("ScaledDotProductFlashAttentionBackward0", check=_check_cuda_attention)
+def flash_attention(call: NodeCall):
+    return scaled_dot_product_attention(call, "logsumexp", None)
+
+
+@register("ScaledDotProductEfficientAttentionBackward0", check=_check_cuda_attention)
+def efficient_attention(call: NodeCall):
+    return scaled_dot_product_attention(call, "log_sumexp", "attn_bias")
+
+
+@register("ScaledDotProductCudnnAttentionBackward0", check=_check_cuda_attention)
+def cudnn_attention(call: NodeCall):
+    return scaled_dot_product_attention(call, "logsumexp", "attn_bias")
+
+
+def scaled_dot_product_attention(call: NodeCall, lse_name: str, mask_name: str | None):
     """O = softmax(s q k^T + M) v, defined as its decomposition (see rules.attention); one
-    diagonal for each of q, k, v (and the memory-efficient kernel's additive bias)."""
+    diagonal for each of q, k, v (and the memory-efficient kernel's additive bias).
+    ``lse_name`` / ``mask_name``: the names the node saved the log-sum-exp and the additive
+    mask under (None: no mask)."""
     h, g = call.h, call.g
     if h is None and g is None:
         return (None,) * len(call.grad_in)
-    lse_name, mask_name = FUSED_ATTENTION[call.node.name()]
     query, key, value = call.saved("query"), call.saved("key"), call.saved("value")
     logsumexp = call.saved(lse_name)
     # rules.precision's policy: the operands' common dtype, float16 as float32 (half-precision

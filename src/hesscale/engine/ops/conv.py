@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from hesscale.engine.call import NodeCall
 from hesscale.engine.ops.shape import zero_one_jacobian
-from hesscale.engine.registry import register
+from hesscale.engine.registry import Kind, register
 from hesscale.rules import conv
 from hesscale.rules.conv import ConvGeometry
 
@@ -44,17 +44,15 @@ def convolution(call: NodeCall):
 
 # Reflection and replication padding copy input entries: a 0/1 Jacobian (an entry copied
 # several times sums what its copies receive).
-PADDING = (
+@register(
     "ReflectionPad1DBackward0",
     "ReflectionPad2DBackward0",
     "ReflectionPad3DBackward0",
     "ReplicationPad1DBackward0",
     "ReplicationPad2DBackward0",
     "ReplicationPad3DBackward0",
+    kind=Kind.ZERO_ONE,
 )
-
-
-@register(*PADDING)
 def copying_padding(call: NodeCall):
     """h_x = J^T h_z: the padding's backward formula applied to the diagonal."""
     return zero_one_jacobian(call)

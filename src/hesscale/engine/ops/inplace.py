@@ -29,33 +29,16 @@ from __future__ import annotations
 import torch
 
 from hesscale.engine.call import NodeCall
-from hesscale.engine.ops import arithmetic, shape
 from hesscale.engine.ops.common import backward_formula, entrywise_linear
-from hesscale.engine.registry import RULES, register
+from hesscale.engine.registry import RULES, Kind, kind_of, register
 from hesscale.internals import apply_backward, output_shape, wrapped_node
 
-COPY_SLICES = "torch::autograd::CopySlices"
-
-# Entrywise-linear writes that are not registered with entrywise_linear itself.
-ELEMENTARY_LINEAR = frozenset(
-    {
-        "AddBackward0",
-        "AddBackward1",
-        "SubBackward0",
-        "SubBackward1",
-        "RsubBackward0",
-        "RsubBackward1",
-        "NegBackward0",
-        "MulBackward0",
-        "MulBackward1",
-        "DivBackward1",
-    }
-)
-ZERO_ONE = frozenset({*shape.ZERO_ONE_JACOBIAN, *arithmetic.SELECT_ENTRIES, "IndexPutBackward0"})
 MAX_VIEW_CHAIN = 64
 
 
-@register("IndexAddBackward0", "ScatterReduceBackward0")
+@register(
+    "IndexAddBackward0", "ScatterReduceBackward0", kind=Kind.ENTRYWISE_LINEAR, family="indexing"
+)
 def index_add_scatter_reduce(call: NodeCall):
     """x.index_add(dim, index, source, alpha=a) and x.scatter_reduce(dim, index, src, reduce)
     ('sum', 'mean', 'amax', 'amin' (ties share), 'prod'): each entry of x and of the source
@@ -65,14 +48,12 @@ def index_add_scatter_reduce(call: NodeCall):
 
 
 def _is_entrywise(node) -> bool:
-    name = node.name()
-    if name == "DivBackward0":  # x / y is linear in x: entrywise when y needs no gradient
-        return node.next_functions[1][0] is None
-    return (
-        name in ELEMENTARY_LINEAR
-        or name in arithmetic.ENTRYWISE_LINEAR
-        or name in ("IndexAddBackward0", "ScatterReduceBackward0")
-    )
+    """Whether each input entry of ``node`` reaches one output entry (linearly or
+    multilinearly), as the registry declares: x / y only when y needs no gradient."""
+    kind = kind_of(node)
+    if Kind.LINEAR_IN_FIRST in kind:
+        return all(child is None for child, _ in node.next_functions[1:])
+    return Kind.ENTRYWISE_LINEAR in kind
 
 
 def view_chain(node) -> list | None:
@@ -86,7 +67,7 @@ def view_chain(node) -> list | None:
     while current is not base:
         if (
             current is None
-            or current.name() not in shape.ZERO_ONE_JACOBIAN
+            or Kind.ZERO_ONE not in kind_of(current)
             or len(current.next_functions) != 1
             or len(chain) == MAX_VIEW_CHAIN
         ):
@@ -108,7 +89,7 @@ def _check(node) -> str | None:
         reason = entry.check(wrapped)
         if reason is not None:
             return reason
-    if name in ZERO_ONE or _is_entrywise(wrapped) or view_chain(node) is not None:
+    if Kind.ZERO_ONE in entry.kind or _is_entrywise(wrapped) or view_chain(node) is not None:
         return None
     return (
         f"the in-place operation {name} writes into a view of a tensor that does not require "
@@ -121,12 +102,11 @@ def _check(node) -> str | None:
     )
 
 
-@register(COPY_SLICES, check=_check)
+@register("torch::autograd::CopySlices", check=_check)
 def copy_slices(call: NodeCall):
     """An in-place operation on a view (see the module docstring)."""
     wrapped = wrapped_node(call.node)
-    name = wrapped.name()
-    if name in ZERO_ONE:
+    if Kind.ZERO_ONE in kind_of(wrapped):
         if call.h is None:
             return (None,) * len(call.grad_in)
         return backward_formula(call.node, call.h)

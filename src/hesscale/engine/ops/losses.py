@@ -7,7 +7,7 @@ import torch
 
 from hesscale.engine.call import NodeCall
 from hesscale.engine.ops.common import backward_formula
-from hesscale.engine.registry import register
+from hesscale.engine.registry import Kind, register
 from hesscale.rules import losses
 from hesscale.rules.elementwise import elementwise_input
 from hesscale.rules.precision import promote
@@ -28,7 +28,7 @@ def _diagonal(h, g, first, second):
     return elementwise_input(h.expand_as(first), g, first, second)
 
 
-@register("NllLossBackward0", "NllLoss2DBackward0")
+@register("NllLossBackward0", "NllLoss2DBackward0", kind=Kind.NLL_LOSS)
 def nll_loss(call: NodeCall):
     """NLL is linear in its input and each input entry reaches at most one output, with
     J[k, i] = vjp(1)[i]: h_x = vjp(h_z) * vjp(1), the node's backward formula applied to h_z
@@ -41,7 +41,7 @@ def nll_loss(call: NodeCall):
     return (spread * ones, *(None,) * (len(call.grad_in) - 1))
 
 
-@register("MseLossBackward0")
+@register("MseLossBackward0", kind=Kind.LOSS)
 def mse_loss(call: NodeCall):
     """c (x - y)^2 summed (or per element for reduction='none')."""
     x, y = _saved(call, "self", "target")
@@ -52,7 +52,7 @@ def mse_loss(call: NodeCall):
     return (h_x if call.needs(0) else None, h_x if call.needs(1) else None)
 
 
-@register("BinaryCrossEntropyWithLogitsBackward0")
+@register("BinaryCrossEntropyWithLogitsBackward0", kind=Kind.LOSS)
 def bce_with_logits(call: NodeCall):
     x, y, weight, pos_weight = _saved(call, "self", "target", "weight", "pos_weight")
     scale = losses.reduction_scale(call.saved("reduction"), x.numel())
@@ -78,21 +78,21 @@ def _scale(call: NodeCall, x) -> float:
     return losses.reduction_scale(call.saved("reduction"), x.numel())
 
 
-@register("HuberLossBackward0")
+@register("HuberLossBackward0", kind=Kind.LOSS)
 def huber_loss(call: NodeCall):
     x, y = _saved(call, "self", "target")
     first, second = losses.huber_derivatives(x, y, call.saved("delta"), _scale(call, x))
     return _pointwise_pair(call, first, second)
 
 
-@register("SmoothL1LossBackward0")
+@register("SmoothL1LossBackward0", kind=Kind.LOSS)
 def smooth_l1_loss(call: NodeCall):
     x, y = _saved(call, "self", "target")
     first, second = losses.smooth_l1_derivatives(x, y, call.saved("beta"), _scale(call, x))
     return _pointwise_pair(call, first, second)
 
 
-@register("BinaryCrossEntropyBackward0")
+@register("BinaryCrossEntropyBackward0", kind=Kind.LOSS)
 def binary_cross_entropy(call: NodeCall):
     """BCE on probabilities (rules.losses.binary_cross_entropy_derivatives); linear in the
     target."""
@@ -109,14 +109,14 @@ def binary_cross_entropy(call: NodeCall):
     return (h_p, h_y)
 
 
-@register("SoftMarginLossBackward0")
+@register("SoftMarginLossBackward0", kind=Kind.LOSS)
 def soft_margin_loss(call: NodeCall):
     x, y = _saved(call, "self", "target")
     first, second = losses.soft_margin_derivatives(x, y, _scale(call, x))
     return (_diagonal(call.h, call.g, first, second), *(None,) * (len(call.grad_in) - 1))
 
 
-@register("MultiMarginLossBackward0")
+@register("MultiMarginLossBackward0", kind=Kind.LOSS)
 def multi_margin_loss(call: NodeCall):
     """Multi-class hinge loss over the last dimension (rules.losses.multi_margin_derivatives);
     each sample's scores reach only that sample's loss."""

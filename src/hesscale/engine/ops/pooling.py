@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from hesscale.engine.call import NodeCall
 from hesscale.engine.ops.shape import zero_one_jacobian
-from hesscale.engine.registry import register
+from hesscale.engine.registry import Kind, register
 from hesscale.rules import pooling
+
 
 # Each output entry is one input entry (max pools: the window's maximum, as the forward pass
 # chose it among ties; nearest upsampling and pixel shuffles: a copy), so J holds zeros and
 # ones and there is no curvature. 1-d pools are recorded as 2-d pools between an unsqueeze and
 # a squeeze.
-COPY_ENTRIES = (
+@register(
     "MaxPool2DWithIndicesBackward0",
     "MaxPool3DWithIndicesBackward0",
     "AdaptiveMaxPool2DBackward0",
@@ -28,10 +29,8 @@ COPY_ENTRIES = (
     "PixelShuffleBackward0",
     "PixelUnshuffleBackward0",
     "ChannelShuffleBackward0",
+    kind=Kind.ZERO_ONE,
 )
-
-
-@register(*COPY_ENTRIES)
 def copy_entries(call: NodeCall):
     """h_x = J^T h_z: the node's backward formula applied to the diagonal."""
     return zero_one_jacobian(call)
@@ -46,13 +45,22 @@ def _per_dim(values, n: int, default=None) -> tuple[int, ...]:
     return values * n if len(values) == 1 else values
 
 
-@register("AvgPool2DBackward0", "AvgPool3DBackward0")
-def avg_pool(call: NodeCall):
-    """z_k = (1 / c_k) sum of the inputs in window k: h_x = P^T(h_z / c) (rules.pooling)."""
+@register("AvgPool2DBackward0")
+def avg_pool_2d(call: NodeCall):
+    return avg_pool(call, 2)
+
+
+@register("AvgPool3DBackward0")
+def avg_pool_3d(call: NodeCall):
+    return avg_pool(call, 3)
+
+
+def avg_pool(call: NodeCall, n: int):
+    """z_k = (1 / c_k) sum of the inputs in window k, over ``n`` spatial dims:
+    h_x = P^T(h_z / c) (rules.pooling)."""
     h = call.h
     if h is None:
         return (None,)
-    n = 2 if call.node.name() == "AvgPool2DBackward0" else 3
     kernel = _per_dim(call.saved("kernel_size"), n)
     return (
         pooling.avg_pool_input(
@@ -68,11 +76,20 @@ def avg_pool(call: NodeCall):
     )
 
 
-@register("AdaptiveAvgPool2DBackward0", "AdaptiveAvgPool3DBackward0")
-def adaptive_avg_pool(call: NodeCall):
-    """z_k = mean of the inputs in window k: h_x = A^T(h_z / c) (rules.pooling)."""
+@register("AdaptiveAvgPool2DBackward0")
+def adaptive_avg_pool_2d(call: NodeCall):
+    return adaptive_avg_pool(call, 2)
+
+
+@register("AdaptiveAvgPool3DBackward0")
+def adaptive_avg_pool_3d(call: NodeCall):
+    return adaptive_avg_pool(call, 3)
+
+
+def adaptive_avg_pool(call: NodeCall, n: int):
+    """z_k = mean of the inputs in window k, over ``n`` spatial dims: h_x = A^T(h_z / c)
+    (rules.pooling)."""
     h = call.h
     if h is None:
         return (None,)
-    n = 2 if call.node.name() == "AdaptiveAvgPool2DBackward0" else 3
     return (pooling.adaptive_avg_pool_input(h, call.saved("self"), n),)

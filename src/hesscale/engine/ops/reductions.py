@@ -11,14 +11,15 @@ import math
 
 from hesscale.engine.call import NodeCall
 from hesscale.engine.ops.common import entrywise_linear
-from hesscale.engine.registry import register
+from hesscale.engine.registry import Kind, register
 from hesscale.internals import has_saved_value, saved_value
 from hesscale.rules import reductions
 from hesscale.rules.elementwise import elementwise_input
 
+
 # Each input entry reaches one output entry, piecewise linearly (max, min, median: torch spreads
 # the gradient evenly over ties, J = 1/k there) or multilinearly (prod): no diagonal curvature.
-ENTRYWISE_REDUCTIONS = (
+@register(
     "AmaxBackward0",
     "AminBackward0",
     "MaxBackward1",  # x.max() without dim
@@ -27,10 +28,8 @@ ENTRYWISE_REDUCTIONS = (
     "NanmedianBackward0",
     "ProdBackward0",
     "ProdBackward1",
+    kind=Kind.ENTRYWISE_LINEAR,
 )
-
-
-@register(*ENTRYWISE_REDUCTIONS)
 def entrywise_reduction(call: NodeCall):
     """h_x = (J^T h_z) * (J^T 1) (engine.ops.common.entrywise_linear)."""
     return entrywise_linear(call)

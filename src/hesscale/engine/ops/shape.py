@@ -16,37 +16,33 @@ import torch
 
 from hesscale.engine.call import NodeCall
 from hesscale.engine.ops.common import backward_formula
-from hesscale.engine.registry import register
+from hesscale.engine.registry import Kind, register
 from hesscale.internals import output_shape, saved_value
 
-ZERO_ONE_JACOBIAN = (
-    # views and reshapes
+ZERO_ONE = Kind.ZERO_ONE
+VIEW = Kind.ZERO_ONE | Kind.RESHUFFLE
+RESHAPE = VIEW | Kind.LAYOUT | Kind.LOSS_COMBINER  # HesScaleGN looks through these
+
+
+# views and reshapes
+@register(
     "ViewBackward0",
     "UnsafeViewBackward0",
-    "ReshapeAliasBackward0",
-    "AliasBackward0",
-    "TBackward0",
-    "TransposeBackward0",
-    "TransposeBackward1",
-    "PermuteBackward0",
     "UnsqueezeBackward0",
-    "UnsqueezeBackward1",
     "SqueezeBackward0",
     "SqueezeBackward1",
-    "SqueezeBackward2",
+    kind=RESHAPE,
+)
+@register("TransposeBackward0", "PermuteBackward0", kind=VIEW | Kind.LAYOUT)
+@register("CloneBackward0", kind=VIEW | Kind.LOSS_COMBINER)
+@register("ReshapeAliasBackward0", "AliasBackward0", "TBackward0", "SqueezeBackward2", kind=VIEW)
+@register(
+    "TransposeBackward1",
+    "UnsqueezeBackward1",
     "ExpandBackward0",
-    "CloneBackward0",
     "AsStridedBackward0",
     "DiagonalBackward0",
     "UnfoldBackward0",
-    # selecting and copying entries
-    "SelectBackward0",
-    "SliceBackward0",
-    "IndexBackward0",
-    "IndexSelectBackward0",
-    "GatherBackward0",
-    "TakeBackward0",
-    "MaskedSelectBackward0",
     "RepeatBackward0",
     "FlipBackward0",
     "RollBackward0",
@@ -60,22 +56,23 @@ ZERO_ONE_JACOBIAN = (
     "UnsafeSplitBackward0",
     "UnsafeSplitWithSizesBackward0",
     "UnbindBackward0",
-    # sums
-    "SumBackward0",
-    "SumBackward1",
-    "CumsumBackward0",  # z_k = sum_{i <= k} x_i: a 0/1 lower-triangular Jacobian
-    # reductions that pick one entry by index (ties: the index torch returned)
-    "MaxBackward0",
-    "MinBackward0",
-    "KthvalueBackward0",
-    "MedianBackward1",
-    "NanmedianBackward1",
-    "SortBackward0",
-    "TopkBackward0",
-    "CummaxBackward0",
-    "CumminBackward0",
-    # writes into a tensor (in place or not): each output entry is an entry of the tensor, of
-    # the values written, or a constant (duplicate indices: torch's gradient convention)
+    kind=ZERO_ONE,
+)
+# selecting entries
+@register(
+    "SelectBackward0",
+    "SliceBackward0",
+    "IndexBackward0",
+    "IndexSelectBackward0",
+    "GatherBackward0",
+    "TakeBackward0",
+    "MaskedSelectBackward0",
+    kind=ZERO_ONE,
+    family="indexing",
+)
+# writes into a tensor (in place or not): each output entry is an entry of the tensor, of the
+# values written, or a constant (duplicate indices: torch's gradient convention)
+@register(
     "torch::autograd::CopyBackwards",  # x.copy_(y)
     "MaskedScatterBackward0",
     "ScatterBackward0",
@@ -86,19 +83,41 @@ ZERO_ONE_JACOBIAN = (
     "IndexFillBackward1",
     "FillBackward0",
     "FillBackward1",
-    "FillBackward2",  # x.fill_(c)
     "FillBackward3",
     "ZeroBackward0",  # x.zero_()
-    # entries passed through or replaced by a constant: threshold, shrinkage
+    kind=ZERO_ONE,
+    family="indexing",
+)
+# x.fill_(c); an empty batch: cross-entropy with probability targets fills NaN
+@register("FillBackward2", kind=ZERO_ONE | Kind.LOSS_COMBINER, family="indexing")
+# sums
+@register("SumBackward0", "SumBackward1", kind=ZERO_ONE | Kind.LOSS_COMBINER, family="reductions")
+# z_k = sum_{i <= k} x_i: a 0/1 lower-triangular Jacobian; reductions that pick one entry by
+# index (ties: the index torch returned)
+@register(
+    "CumsumBackward0",
+    "MaxBackward0",
+    "MinBackward0",
+    "KthvalueBackward0",
+    "MedianBackward1",
+    "NanmedianBackward1",
+    "SortBackward0",
+    "TopkBackward0",
+    "CummaxBackward0",
+    "CumminBackward0",
+    kind=ZERO_ONE,
+    family="reductions",
+)
+# entries passed through or replaced by a constant: threshold, shrinkage
+@register(
     "ThresholdBackward0",
     "ThresholdBackward1",
     "HardshrinkBackward0",
     "SoftshrinkBackward0",  # x -+ lambda outside [-lambda, lambda], 0 inside
-    "FracBackward0",  # x - trunc(x): slope 1
+    kind=ZERO_ONE,
+    family="activations",
 )
-
-
-@register(*ZERO_ONE_JACOBIAN)
+@register("FracBackward0", kind=ZERO_ONE, family="arithmetic")  # x - trunc(x): slope 1
 def zero_one_jacobian(call: NodeCall):
     """h_x = J^T h_z: the node's backward formula applied to the diagonal."""
     if all(h is None for h in call.h_out):
@@ -131,7 +150,7 @@ def _no_colliding_broadcast(node) -> str | None:
     return None
 
 
-@register("IndexPutBackward0", check=_no_colliding_broadcast)
+@register("IndexPutBackward0", check=_no_colliding_broadcast, kind=ZERO_ONE, family="indexing")
 def index_put(call: NodeCall):
     """x[idx] = y, x[mask] = y, x.index_put_(indices, y, accumulate): each output entry is an
     entry of x, of y, or (accumulate) their sum, so h = J^T h_z (repeated indices without
@@ -139,7 +158,7 @@ def index_put(call: NodeCall):
     return zero_one_jacobian(call)
 
 
-@register("ToCopyBackward0")
+@register("ToCopyBackward0", kind=Kind.LOSS_COMBINER, family="identity")
 def to_copy(call: NodeCall):
     """A dtype or device change: h_x = h_z, kept in its own (wider) precision, moved to the
     input's device."""
@@ -147,7 +166,12 @@ def to_copy(call: NodeCall):
     return (None if h is None else h.to(call.grad_in[0].device),)
 
 
-@register("BackwardHookFunctionBackward", "_DDPSinkBackward")
+@register(
+    "BackwardHookFunctionBackward",
+    kind=Kind.MODULE_HOOK | Kind.LAYOUT | Kind.LOSS_COMBINER,
+    family="identity",
+)
+@register("_DDPSinkBackward", kind=Kind.DDP_OUTPUT, family="identity")
 def identity(call: NodeCall):
     """Identity nodes that hooks insert: nn.Module's full backward hooks (e.g. in
     BackPACK-extended models) and DistributedDataParallel's output sink (with
