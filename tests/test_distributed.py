@@ -143,3 +143,91 @@ def _independent_models_keep_their_own_diagonals(rank):
     hesscale.backward(F.cross_entropy(model(xs), ys))
     for p, q in zip(model.parameters(), extended.parameters(), strict=True):
         torch.testing.assert_close(p.hesscale, q.hesscale, rtol=1e-10, atol=1e-12)
+
+
+# Ranks whose graphs differ: a trunk with two heads, rank r uses head r ---------------------
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Linear(4, 6)
+        self.heads = nn.ModuleList([nn.Linear(6, 3), nn.Linear(6, 3)])
+
+    def forward(self, x, head):
+        return self.heads[head](torch.tanh(self.trunk(x)))
+
+
+def two_heads(seed=0):
+    torch.manual_seed(seed)
+    return TwoHeads().double()
+
+
+def _per_rank_average(x, y, micro_batches=1):
+    """Each rank's gradient and diagonals computed alone (rank r: head r, its shard), then
+    averaged over ranks; parameters a rank does not use contribute zeros."""
+    total = {}
+    for rank in range(WORLD):
+        model = two_heads()
+        xs, ys = shard(rank, x, y)
+        for xm, ym in zip(xs.chunk(micro_batches), ys.chunk(micro_batches), strict=True):
+            hesscale.backward(F.cross_entropy(model(xm, rank), ym) / micro_batches, gn="both")
+        for name, p in model.named_parameters():
+            for kind in ("grad", "hesscale", "hesscale_gn"):
+                value = getattr(p, kind, None)
+                value = torch.zeros_like(p) if value is None else value
+                total[name, kind] = total.get((name, kind), 0) + value / WORLD
+    return total
+
+
+def _assert_average(model, expected):
+    for name, p in model.module.named_parameters():
+        for kind in ("grad", "hesscale", "hesscale_gn"):
+            value = getattr(p, kind, None)
+            assert value is not None, (name, kind)
+            torch.testing.assert_close(
+                value,
+                expected[name, kind],
+                rtol=1e-10,
+                atol=1e-12,
+                msg=lambda m, name=name, kind=kind: (
+                    f"rank {torch.distributed.get_rank()} {name}.{kind}: {m}"
+                ),
+            )
+
+
+def _ranks_use_different_heads(rank, static_graph=False):
+    x, y = batch(16)
+    expected = _per_rank_average(x, y)
+    options = {"static_graph": True} if static_graph else {"find_unused_parameters": True}
+    model = DDP(two_heads(), **options)
+    xs, ys = shard(rank, x, y)
+    for _ in range(3):  # later steps: no stale diagonal of an unused head leaks in
+        model.zero_grad()
+        hesscale.backward(F.cross_entropy(model(xs, rank), ys), gn="both")
+        _assert_average(model, expected)
+
+
+def _different_heads_static_graph(rank):
+    _ranks_use_different_heads(rank, static_graph=True)
+
+
+def _different_heads_no_sync(rank):
+    x, y = batch(16)
+    expected = _per_rank_average(x, y, micro_batches=2)
+    model = DDP(two_heads(), find_unused_parameters=True)
+    xs, ys = shard(rank, x, y)
+    (x0, x1), (y0, y1) = xs.chunk(2), ys.chunk(2)
+    for _ in range(2):
+        model.zero_grad()
+        with model.no_sync():
+            hesscale.backward(F.cross_entropy(model(x0, rank), y0) / 2, gn="both")
+        hesscale.backward(F.cross_entropy(model(x1, rank), y1) / 2, gn="both")
+        _assert_average(model, expected)
+
+
+@pytest.mark.parametrize(
+    "check", [_ranks_use_different_heads, _different_heads_static_graph, _different_heads_no_sync]
+)
+def test_ranks_with_different_graphs(check, tmp_path):
+    run_ranks(check, tmp_path)

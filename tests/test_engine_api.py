@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -264,6 +265,55 @@ def test_enable_nests_restores_on_errors_and_refuses_what_it_cannot_serve():
     with pytest.raises(ValueError, match="gn="), hesscale.enable(gn="maybe"):
         pass
     assert torch.autograd.backward is original
+
+
+def test_enable_restores_exactly_what_it_replaced():
+    """Another library's patch made after hesscale was imported is what comes back."""
+    model, (x, y) = mlp(), data()
+    calls = []
+
+    def their_backward(*args, **kwargs):
+        calls.append(1)
+        return autograd_backward(*args, **kwargs)
+
+    torch.autograd.backward = their_backward
+    try:
+        with hesscale.enable():
+            with hesscale.enable(gn=True):
+                F.cross_entropy(model(x), y).backward()
+            assert torch.autograd.backward is not their_backward
+        assert torch.autograd.backward is their_backward
+        assert hasattr(model[0].weight, "hesscale_gn") and not calls
+        F.cross_entropy(model(x), y).backward()
+        assert calls == [1]
+    finally:
+        torch.autograd.backward = autograd_backward
+
+
+def test_enable_is_per_thread():
+    """A block in one thread leaves another thread's backward calls alone."""
+    import threading
+
+    model, (x, y) = mlp(), data()
+    other = copy.deepcopy(model)
+    inside, outside = threading.Event(), threading.Event()
+
+    def worker():
+        inside.wait()
+        F.cross_entropy(other(x), y).backward()
+        outside.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    with hesscale.enable():
+        inside.set()
+        assert outside.wait(60)
+        F.cross_entropy(model(x), y).backward()
+    thread.join()
+    assert all(p.grad is not None for p in other.parameters())
+    assert not any(hasattr(p, "hesscale") for p in other.parameters())
+    assert all(hasattr(p, "hesscale") for p in model.parameters())
+    assert torch.autograd.backward is autograd_backward
 
 
 def test_enable_passes_the_seed_gradient_on():

@@ -233,3 +233,35 @@ def test_adaptive_avg_pool_backward_is_the_vjp(spatial_dims, batched):
     (expected,) = torch.autograd.grad(out, x, grad)
     actual = internals.adaptive_avg_pool_backward(grad, x.detach(), spatial_dims)
     torch.testing.assert_close(actual, expected)
+
+
+def test_what_hesscale_reads_from_distributed_data_parallel(tmp_path):
+    """DDP's output node names its module (ctx.ddp_weakref), ``require_forward_param_sync``
+    tells whether this backward synchronises, and constructing DDP registers its wrapped module
+    (which the engine's registration hook notes)."""
+    import gc
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from hesscale.engine import distributed
+
+    store = f"file://{tmp_path / 'store'}"
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    try:
+        ddp = DDP(nn.Linear(3, 2), find_unused_parameters=True)
+        out = ddp(torch.randn(4, 3))
+        assert out.grad_fn.name() == "_DDPSinkBackward"
+        assert internals.ddp_of_output_node(out.grad_fn) is ddp
+        assert internals.ddp_of_output_node(out.grad_fn.next_functions[0][0]) is None
+        assert internals.ddp_syncs_this_backward(ddp)
+        with ddp.no_sync():
+            ddp(torch.randn(4, 3))
+        assert not internals.ddp_syncs_this_backward(ddp)
+        assert internals.ddp_parameters(ddp) == list(ddp.module.parameters())
+        assert internals.ddp_process_group(ddp) is not None
+        assert ddp in distributed._known
+        del ddp, out
+    finally:
+        gc.collect()
+        dist.destroy_process_group()

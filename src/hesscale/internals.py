@@ -109,6 +109,13 @@ def ddp_process_group(ddp: torch.nn.Module):
     return ddp.process_group
 
 
+def ddp_of_output_node(node: Node) -> torch.nn.Module | None:
+    """The DDP module whose output sink recorded ``node`` (a ``_DDPSinkBackward``): DDP's
+    autograd.Function keeps a weak reference to it in ``ctx.ddp_weakref``."""
+    ref = getattr(node, "ddp_weakref", None)
+    return None if ref is None else ref()
+
+
 # torch.amp.GradScaler ------------------------------------------------------------------------
 
 

@@ -1,8 +1,9 @@
 """The any-model engine: HesScale over the graph autograd records (``hesscale.backward``)."""
 
 from hesscale.engine import ops  # noqa: F401  (registers every rule)
-from hesscale.engine.backward import backward, enable
+from hesscale.engine.backward import backward
 from hesscale.engine.call import NodeCall
+from hesscale.engine.enable import enable
 from hesscale.engine.registry import register, supported_operations
 
 __all__ = ["backward", "enable", "register", "supported_operations", "NodeCall"]

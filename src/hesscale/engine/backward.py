@@ -10,26 +10,27 @@ producer receives. Diagonals live exactly as long as the gradients do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
+from hesscale import accumulation
 from hesscale.engine import distributed
 from hesscale.engine import graph as graphs
 from hesscale.engine.call import NodeCall
 from hesscale.engine.registry import RULES
 from hesscale.errors import HesScaleError
 from hesscale.hook_warning import hook_warning_hidden
-from hesscale.internals import apply_backward, grad_stamp
+from hesscale.internals import apply_backward
 
 Node = torch.autograd.graph.Node
 Variant = Literal["hesscale", "hesscale_gn"]
 
-# autograd's own backward; ``enable`` replaces ``torch.autograd.backward`` while it is active.
+# autograd's own backward, as torch defines it (``enable`` may replace the module attribute).
 autograd_backward = torch.autograd.backward
 
 
@@ -85,9 +86,16 @@ class DiagonalBackward:
         gradient: Tensor | None = None,
     ) -> None:
         self.accumulates = [
-            {id(leaf) for leaf in self.graph.leaves.values() if _continues(leaf, variant)}
+            {
+                id(leaf)
+                for leaf in self.graph.leaves.values()
+                if accumulation.continues(leaf, variant)
+            }
             for variant in self.variants
         ]
+        averaging = None
+        if distributed.active():  # decided before autograd changes the gradients
+            averaging = distributed.Averaging(distributed.modules_of(self.graph), self.variants)
         # reshuffles run in their consumers' hooks; not with inputs=, where autograd may skip
         # a reshuffle whose input needs no gradient for these inputs
         self.reshuffles = self.graph.reshuffles if inputs is None else {}
@@ -104,8 +112,12 @@ class DiagonalBackward:
             for handle in handles:
                 handle.remove()
         self._write_leaves()
-        if distributed.active():
-            distributed.average_over_ranks(self.graph.leaves.values(), self.variants)
+        if averaging is not None:
+            averaging.apply(self._reached)
+
+    def _reached(self, leaf: Tensor, variant: str) -> bool:
+        """Whether this pass wrote ``leaf.<variant>``."""
+        return id(leaf) in self.leaf_diagonals[self.variants.index(variant)]
 
     # the per-node step ---------------------------------------------------------------------
 
@@ -155,26 +167,14 @@ class DiagonalBackward:
 
     def _write_leaves(self) -> None:
         """Set ``leaf.<variant>``, summed into the previous value exactly when the gradient
-        sums into the previous ``leaf.grad`` (see ``_continues``)."""
+        sums into the previous ``leaf.grad`` (see ``hesscale.accumulation``)."""
         for v, variant in enumerate(self.variants):
             for key, (leaf, h) in self.leaf_diagonals[v].items():
                 h = torch.zeros_like(leaf) if h is None else h.to(leaf.dtype)
                 if key in self.accumulates[v]:
                     h = getattr(leaf, variant) + h
-                if leaf.grad is not None:
-                    h._hesscale_grad_stamp = grad_stamp(leaf.grad)
                 setattr(leaf, variant, h)
-
-
-def _continues(leaf: Tensor, variant: str) -> bool:
-    """Whether this pass adds to ``leaf.<variant>``: it was written together with the gradient
-    ``leaf.grad`` holds now (same tensor, unchanged since), so both accumulate. After
-    ``zero_grad()`` (set to None, or zeroed in place) or any other change of the gradient the
-    diagonal starts afresh."""
-    previous = getattr(leaf, variant, None)
-    if previous is None or leaf.grad is None:
-        return False
-    return getattr(previous, "_hesscale_grad_stamp", None) == grad_stamp(leaf.grad)
+                accumulation.record(leaf, variant, h)
 
 
 def _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order: bool) -> list:
@@ -280,52 +280,3 @@ def backward(
         retain_graph: as for ``loss.backward()``.
     """
     DiagonalBackward(loss, variants_of(gn), output).run(inputs, retain_graph)
-
-
-_enabled: list[dict] = []  # the settings of the active ``enable`` blocks, innermost last
-
-
-@contextmanager
-def enable(gn: bool | Literal["both"] = False) -> Iterator[None]:
-    """Within the block, every ``loss.backward()`` (and ``torch.autograd.backward``) on a
-    scalar loss runs as ``hesscale.backward(loss, gn=gn)``: for training code that calls
-    backward itself, e.g. a framework's loop::
-
-        with hesscale.enable():
-            trainer.fit(model)        # its loss.backward() calls now fill p.hesscale too
-
-    A backward pass that cannot compute the diagonal (a non-scalar root, create_graph=True)
-    raises HesScaleError. ``torch.autograd.grad`` is not affected. Blocks nest (the innermost
-    settings apply); the patch is process-wide while any block is active.
-    """
-    variants = variants_of(gn)  # validate before patching anything
-    _enabled.append({"variants": variants})
-    torch.autograd.backward = _backward_with_diagonals
-    try:
-        yield
-    finally:
-        _enabled.pop()
-        if not _enabled:
-            torch.autograd.backward = autograd_backward
-
-
-def _backward_with_diagonals(
-    tensors,
-    grad_tensors=None,
-    retain_graph=None,
-    create_graph=False,
-    grad_variables=None,
-    inputs=None,
-):
-    """``torch.autograd.backward`` while ``enable`` is active."""
-    loss = tensors[0] if isinstance(tensors, list | tuple) and len(tensors) == 1 else tensors
-    if isinstance(grad_tensors, list | tuple) and len(grad_tensors) == 1:
-        grad_tensors = grad_tensors[0]
-    if not isinstance(loss, Tensor) or create_graph or grad_variables is not None:
-        raise HesScaleError(
-            "hesscale.enable: a backward pass that HesScale cannot serve (several root tensors "
-            "or create_graph=True). Call it outside the `with hesscale.enable():` block."
-        )
-    inputs = [inputs] if isinstance(inputs, Tensor) else inputs
-    settings = _enabled[-1]
-    DiagonalBackward(loss, settings["variants"]).run(inputs, retain_graph, grad_tensors)

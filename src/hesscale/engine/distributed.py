@@ -5,29 +5,53 @@ With a mean-reduced loss on each rank's share of the batch, the gradient of the 
 the mean of the per-rank gradients; the HesScale diagonal is additive over samples in the same
 way (each sample's entries are separate, and the parameters sum what their samples send back),
 so the global diagonal is the mean of the per-rank diagonals. After the backward pass, one
-all-reduce per DDP module averages all its diagonals at once (flattened into one buffer per
-dtype and device), exactly when DDP synchronises the gradients (not inside ``no_sync()``,
-where both accumulate locally).
+all-reduce per DDP module and (dtype, device) averages all its diagonals at once, exactly when
+DDP synchronises the gradients (not inside ``no_sync()``, where both accumulate locally).
 
-hesscale finds the DDP modules itself (the training loop stays the plain one): the first
-backward pass that reaches a parameter not seen before looks through the live objects for
-DistributedDataParallel instances, once, and remembers which parameters each one owns.
+Every rank issues the same collectives over the same tensors in the same order, whatever its
+own graph holds: all parameters of the module, in the module's order, each rank contributing
+what it has for each (this pass's diagonal, plus what accumulated since the gradient was last
+zeroed) and zeros for the parameters its graph did not reach, as DDP does for gradients.
+
+Which DDP module a graph belongs to: DDP records its own node in the graph
+(``_DDPSinkBackward``, with ``find_unused_parameters`` or on a static graph's first
+iteration), which names it. Plain DDP records none (every rank then uses every parameter), so
+DDP modules constructed after hesscale was imported are also noted, weakly, when DDP registers
+its wrapped module (``torch.nn.modules.module.register_module_module_registration_hook``),
+and one applies when the graph reaches its parameters.
 """
 
 from __future__ import annotations
 
-import gc
+import itertools
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from hesscale.internals import ddp_parameters, ddp_process_group, ddp_syncs_this_backward
+from hesscale import accumulation
+from hesscale.engine.registry import Kind
+from hesscale.internals import (
+    ddp_of_output_node,
+    ddp_parameters,
+    ddp_process_group,
+    ddp_syncs_this_backward,
+)
 
-# id(parameter) -> (the parameter, its DDP module), both weakly; ids are checked on lookup
-_owners: dict[int, tuple[weakref.ref, weakref.ref]] = {}
-_seen: dict[int, weakref.ref] = {}  # parameters looked for already
+# every DDP module hesscale has seen -> a number that orders them the same on every rank
+_known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_numbers = itertools.count()
+
+
+def _note_ddp(module: torch.nn.Module, name: str, submodule: object) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    if name == "module" and isinstance(module, DistributedDataParallel):
+        _known.setdefault(module, next(_numbers))
+
+
+torch.nn.modules.module.register_module_module_registration_hook(_note_ddp)
 
 
 def active() -> bool:
@@ -36,68 +60,71 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _remembered(table: dict, p: Tensor):
-    entry = table.get(id(p))
-    if entry is None:
-        return None
-    ref = entry[0] if isinstance(entry, tuple) else entry
-    return entry if ref() is p else None
+def modules_of(graph) -> list[torch.nn.Module]:
+    """The DDP modules whose forward pass recorded part of ``graph`` (a ``Graph``), in an order
+    every rank shares."""
+    found = {}
+    for node in graph.nodes_of_kind(Kind.DDP_OUTPUT):
+        ddp = ddp_of_output_node(node)
+        if ddp is not None:
+            _known.setdefault(ddp, next(_numbers))
+            found[id(ddp)] = ddp
+    leaves = {id(leaf) for leaf in graph.leaves.values()}
+    for ddp in list(_known.keys()):
+        if id(ddp) not in found and any(id(p) in leaves for p in ddp_parameters(ddp)):
+            found[id(ddp)] = ddp
+    return sorted(found.values(), key=lambda ddp: _known[ddp])
 
 
-def _find_owners(params: Iterable[Tensor]) -> None:
-    new = [p for p in params if _remembered(_seen, p) is None]
-    if not new:
-        return
-    from torch.nn.parallel import DistributedDataParallel
+class Averaging:
+    """The averaging of one backward pass: built before autograd runs (what each parameter
+    carries from earlier passes depends on the gradient it has then), applied after."""
 
-    for obj in gc.get_objects():
-        if issubclass(type(obj), DistributedDataParallel):  # type(): no __class__ lookups
-            for p in ddp_parameters(obj):
-                _owners[id(p)] = (weakref.ref(p), weakref.ref(obj))
-    for p in new:
-        _seen[id(p)] = weakref.ref(p)
+    def __init__(self, modules: Sequence[torch.nn.Module], variants: Sequence[str]) -> None:
+        self.modules = [ddp for ddp in modules if ddp_syncs_this_backward(ddp)]
+        self.variants = tuple(variants)
+        # (id(p), variant) -> the diagonal p carries into this pass (None: zeros)
+        self.carried: dict[tuple[int, str], Tensor | None] = {}
+        for ddp in self.modules:
+            for p in ddp_parameters(ddp):
+                for variant in self.variants:
+                    keep = accumulation.continues(p, variant)
+                    self.carried[id(p), variant] = getattr(p, variant) if keep else None
+
+    def apply(self, reached: Callable[[Tensor, str], bool]) -> None:
+        """Average the diagonals; ``reached(p, variant)``: whether this pass wrote
+        ``p.<variant>`` (which then holds everything this rank contributes)."""
+        for ddp in self.modules:
+            self._average(ddp, reached)
+
+    def _average(self, ddp: torch.nn.Module, reached: Callable[[Tensor, str], bool]) -> None:
+        group = ddp_process_group(ddp)
+        world = torch.distributed.get_world_size(group)
+        slots: dict[tuple, list[tuple[Tensor, str, Tensor | None]]] = {}
+        for p in ddp_parameters(ddp):
+            for variant in self.variants:
+                local = getattr(p, variant) if reached(p, variant) else self.carried[id(p), variant]
+                slots.setdefault((p.dtype, p.device), []).append((p, variant, local))
+        for entries in slots.values():
+            flat = torch.cat(
+                [
+                    (torch.zeros_like(p) if local is None else local).reshape(-1)
+                    for p, _, local in entries
+                ]
+            )
+            torch.distributed.all_reduce(flat, group=group)
+            flat /= world
+            offset = 0
+            for p, variant, _ in entries:
+                averaged = flat[offset : offset + p.numel()].view_as(p)
+                offset += p.numel()
+                _write(p, variant, averaged, in_place=reached(p, variant))
 
 
-def _owner(p: Tensor) -> torch.nn.Module | None:
-    entry = _remembered(_owners, p)
-    return None if entry is None else entry[1]()
-
-
-def average_over_ranks(leaves: Iterable[Tensor], variants: Iterable[str]) -> None:
-    """Average ``leaf.<variant>`` over the ranks of each DDP module that owns the leaves."""
-    leaves = [leaf for leaf in leaves if isinstance(leaf, torch.nn.Parameter)]
-    _find_owners(leaves)
-    modules: dict[int, torch.nn.Module] = {}
-    for leaf in leaves:
-        ddp = _owner(leaf)
-        if ddp is not None and ddp_syncs_this_backward(ddp):
-            modules[id(ddp)] = ddp
-    for ddp in modules.values():
-        _average(ddp, list(variants))
-
-
-def _average(ddp: torch.nn.Module, variants: list[str]) -> None:
-    """One all-reduce per (dtype, device) for all diagonals of ``ddp``'s parameters; a
-    parameter without a diagonal on this rank (unused here) contributes zeros."""
-    group = ddp_process_group(ddp)
-    world = torch.distributed.get_world_size(group)
-    slots: dict[tuple, list[tuple[Tensor, str]]] = {}
-    for p in ddp_parameters(ddp):
-        for variant in variants:
-            slots.setdefault((p.dtype, p.device), []).append((p, variant))
-    for entries in slots.values():
-        flat = torch.cat(
-            [getattr(p, variant, torch.zeros_like(p)).reshape(-1) for p, variant in entries]
-        )
-        torch.distributed.all_reduce(flat, group=group)
-        flat /= world
-        offset = 0
-        for p, variant in entries:
-            n = p.numel()
-            averaged = flat[offset : offset + n].view_as(p)
-            offset += n
-            previous = getattr(p, variant, None)
-            if previous is not None:
-                previous.copy_(averaged)  # keeps its gradient stamp
-            elif p.grad is not None:
-                setattr(p, variant, averaged.clone())
+def _write(p: Tensor, variant: str, averaged: Tensor, in_place: bool) -> None:
+    if in_place:
+        getattr(p, variant).copy_(averaged)  # the same tensor: its accumulation record holds
+    elif p.grad is not None:  # a parameter this rank did not use: it gets what DDP gives p.grad
+        diagonal = averaged.clone()
+        setattr(p, variant, diagonal)
+        accumulation.record(p, variant, diagonal)
