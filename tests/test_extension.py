@@ -15,6 +15,7 @@ pytestmark = pytest.mark.usefixtures("float64")
 
 def run_extensions(layers, loss_fn, x, y, *extensions):
     model, loss_module = extend(nn.Sequential(*layers)), extend(loss_fn)
+    model.zero_grad()  # a fresh pass: diagonals accumulate with the gradients otherwise
     loss = loss_module(model(x), y)
     with backpack(*(extensions or (HesScale(), HesScaleGN()))):
         loss.backward()
@@ -199,6 +200,37 @@ def test_tanh_networks_differ_between_variants():
     assert (model[0].weight.hesscale - model[0].weight.hesscale_gn).abs().max() > 1e-6
 
 
+def test_diagonals_accumulate_like_gradients_and_like_the_engine():
+    """Two backward passes add up (as p.grad does, and as hesscale.backward does); after
+    zero_grad() the next pass starts afresh."""
+    import copy
+
+    import torch.nn.functional as F
+
+    import hesscale
+
+    torch.manual_seed(11)
+    x, y = torch.randn(6, 4), classes(6, 3)
+    plain = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    model, loss_fn = extend(copy.deepcopy(plain)), extend(nn.CrossEntropyLoss())
+    for half in (slice(0, 3), slice(3, 6)):
+        hesscale.backward(F.cross_entropy(plain(x[half]), y[half]))
+        with backpack(HesScale()):
+            loss_fn(model(x[half]), y[half]).backward()
+    for p, q in zip(model.parameters(), plain.parameters(), strict=True):
+        assert_close(p.grad, q.grad)
+        assert_close(p.hesscale, q.hesscale)
+    first = [p.hesscale.clone() for p in model.parameters()]
+    model.zero_grad()
+    with backpack(HesScale()):
+        loss_fn(model(x[3:]), y[3:]).backward()
+    plain.zero_grad()
+    hesscale.backward(F.cross_entropy(plain(x[3:]), y[3:]))
+    for p, q, total in zip(model.parameters(), plain.parameters(), first, strict=True):
+        assert_close(p.hesscale, q.hesscale)
+        assert not torch.allclose(p.hesscale, total)
+
+
 @pytest.mark.parametrize("extension", [HesScale, HesScaleGN])
 def test_logsoftmax_nll_equals_cross_entropy_on_logits(extension):
     torch.manual_seed(6)
@@ -232,12 +264,14 @@ def test_results_do_not_depend_on_other_extensions_alongside():
 
 
 def test_float32_results_keep_dtype_and_repeated_steps_do_not_accumulate():
+    """Training steps (zero_grad, then backward) each start afresh."""
     torch.set_default_dtype(torch.float32)
     model = extend(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)))
     loss_fn = extend(nn.CrossEntropyLoss())
     x, y = torch.randn(5, 3), classes(5, 2)
     results = []
     for _ in range(2):
+        model.zero_grad()
         with backpack(HesScale()):
             loss_fn(model(x), y).backward()
         results.append([p.hesscale.clone() for p in model.parameters()])
@@ -471,8 +505,8 @@ def test_last_layer_over_extra_dims_scored_over_another_dim_follows_the_definiti
     torch.testing.assert_close(exact[0, 0].item(), 0.0954, rtol=0, atol=5e-5)
 
 
-def test_gradient_accumulation_keeps_only_the_last_pass():
-    """Documented in the README until the diagonal sums over passes like p.grad."""
+def test_gradient_accumulation_sums_the_passes_like_the_gradient():
+    """As with hesscale.backward: without zero_grad() between them, passes add up."""
     torch.manual_seed(14)
     model = extend(nn.Sequential(nn.Linear(3, 2)))
     loss_fn = extend(nn.CrossEntropyLoss())
@@ -484,11 +518,11 @@ def test_gradient_accumulation_keeps_only_the_last_pass():
             loss_fn(model(x), y).backward()
         separate.append(model[0].weight.hesscale.clone())
     model.zero_grad()
-    for x, y in batches:  # accumulate: p.grad sums both passes, p.hesscale keeps the last
+    for x, y in batches:  # accumulate: p.grad and p.hesscale sum both passes
         with backpack(HesScale()):
             loss_fn(model(x), y).backward()
     assert (separate[0] - separate[1]).abs().max() > 1e-3
-    assert_close(model[0].weight.hesscale, separate[1])
+    assert_close(model[0].weight.hesscale, separate[0] + separate[1])
 
 
 def test_gaussian_nll_with_a_number_as_variance():

@@ -7,7 +7,7 @@ from backpack import backpack, extend
 from torch import nn
 
 from hesscale import HesScale, HesScaleGN
-from hesscale.rules import conv, linear, losses, normalization, pooling, precision, softmax
+from hesscale.rules import conv, losses, matmul, normalization, pooling, precision, softmax
 from hesscale.rules import elementwise as ew
 
 
@@ -32,11 +32,11 @@ def test_promote_converts_only_floating_tensors_and_copies_nothing_needlessly():
 def test_float16_rules_do_not_overflow_where_the_result_fits():
     x = torch.full((4, 3), 300.0, dtype=torch.float16)  # x^2 = 90000 > 65504
     h_out = torch.full((4, 2), 0.05, dtype=torch.float16)
-    h = linear.linear_weight(h_out, x)
+    h = matmul.matmul_right(h_out, x, transposed=True).mT
     assert h.dtype == torch.float32
     torch.testing.assert_close(h, torch.full((2, 3), 4 * 0.05 * 90000.0), rtol=1e-3, atol=0)
     bf = torch.full((4, 3), 300.0, dtype=torch.bfloat16)
-    assert linear.linear_weight(h_out.bfloat16(), bf).dtype == torch.bfloat16
+    assert matmul.matmul_right(h_out.bfloat16(), bf, transposed=True).dtype == torch.bfloat16
 
 
 def test_issue_reproducer_float16_linear_with_inputs_of_300():
@@ -91,9 +91,9 @@ def _rule_calls():
     logits, probs, h2, g2 = 40 * r(5, 3), torch.softmax(r(5, 3), 1), r(5, 3), r(5, 3) - 1
     x2, w2, var, gamma = 300 * r(5, 4), 300 * r(3, 4), r(4), 300 * r(4)
     return {
-        "linear_input": lambda c: linear.linear_input(c(h2), c(w2)),
-        "linear_weight": lambda c: linear.linear_weight(c(h2), c(x2)),
-        "linear_bias": lambda c: linear.linear_bias(c(h2)),
+        "linear_input": lambda c: matmul.matmul_left(c(h2), c(w2).mT),
+        "linear_weight": lambda c: matmul.matmul_right(c(h2), c(x2), transposed=True),
+        "linear_bias": lambda c: precision.upcast(c(h2)).sum(0),
         "conv_input": lambda c: conv.conv_input(c(h4), c(x4), c(w4), geometry),
         "conv_weight": lambda c: conv.conv_weight(c(h4), c(x4), c(w4), geometry),
         "conv_bias": lambda c: conv.conv_bias(c(h4), 2),

@@ -7,6 +7,7 @@ from backpack.extensions.backprop_extension import FAIL_ERROR, BackpropExtension
 from backpack.extensions.module_extension import ModuleExtension
 from torch import Tensor, nn
 
+from hesscale.accumulation import continues, record
 from hesscale.extensions.base import HesScaleError, UnsupportedModuleError, describe
 from hesscale.extensions.registry import ADAPTORS
 from hesscale.hook_warning import HookWarningSilenced
@@ -68,6 +69,8 @@ class DiagonalBackprop(BackpropExtension):
         self._layouts: dict[int, tuple[torch.Size, tuple[int, ...]]] = {}
         self._producers: dict[int, Node | None] = {}  # the graph node behind each quantity
         self._log_prob_gradients: dict[int, Tensor] = {}  # NLLLoss's gradient, by input
+        self._decided: set[int] = set()  # parameters whose accumulation this pass has decided
+        self._reached: set[int] = set()  # parameters this pass has added a diagonal to
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -169,9 +172,11 @@ class DiagonalBackprop(BackpropExtension):
                 "loss.backward() without inputs= (gradients you do not need are cheap to ignore), "
                 "or freeze parameters with requires_grad_(False)."
             )
-        for param in expected:
-            if hasattr(param, self.savefield):
-                delattr(param, self.savefield)
+        for param in expected:  # like the gradient: accumulate, or start afresh
+            if id(param) not in self._decided:
+                self._decided.add(id(param))
+                if hasattr(param, self.savefield) and not continues(param, self.savefield):
+                    delattr(param, self.savefield)
         self._expected.extend(expected)
 
     def put_quantity(self, tensor: Tensor, h: Tensor) -> None:
@@ -244,11 +249,13 @@ class DiagonalBackprop(BackpropExtension):
         return None if g is None else g.reshape(output.shape)
 
     def add_to_parameter(self, param: Tensor, h: Tensor) -> None:
-        """Set ``param.<savefield>`` (in the parameter's dtype), summing over the uses of a
-        shared parameter."""
+        """Add to ``param.<savefield>`` (in the parameter's dtype): summing over the uses of a
+        shared parameter, and over backward passes exactly when the gradient sums (as
+        ``hesscale.backward`` does: hesscale.accumulation)."""
         h = cast_like(h, param)
         previous = getattr(param, self.savefield, None)
         setattr(param, self.savefield, h if previous is None else previous + h)
+        self._reached.add(id(param))
 
     # the pass ------------------------------------------------------------------------------
 
@@ -269,10 +276,13 @@ class DiagonalBackprop(BackpropExtension):
         self._layouts.clear()
         self._producers.clear()
         self._log_prob_gradients.clear()
+        self._decided.clear()
+        self._reached.clear()
         clear_saved_quantities(self)
 
     def _finish_backward(self) -> None:
         expected, loss_gradients = self._expected, self._loss_gradients
+        reached = set(self._reached)
         self._reset()
         for module, g in loss_gradients:
             if g.device.type != "meta" and bool(g.ne(1).any()):
@@ -280,7 +290,10 @@ class DiagonalBackprop(BackpropExtension):
                     if hasattr(param, self.savefield):
                         delattr(param, self.savefield)
                 raise HesScaleError(self._not_the_loss_message(module, g))
-        missing = [p for p in expected if not hasattr(p, self.savefield)]
+        for param in expected:
+            if id(param) in reached:
+                record(param, self.savefield, getattr(param, self.savefield))
+        missing = [p for p in expected if id(p) not in reached]
         if missing:
             shapes = ", ".join(str(tuple(p.shape)) for p in missing[:5])
             raise HesScaleError(

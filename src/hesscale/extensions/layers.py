@@ -5,20 +5,26 @@ from __future__ import annotations
 from torch import nn
 
 from hesscale.extensions.base import ModuleAdaptor, UnsupportedModuleError, describe
-from hesscale.rules import linear, normalization, shape
+from hesscale.rules import matmul, normalization, shape
+from hesscale.rules.precision import upcast
 
 
 class Linear(ModuleAdaptor):
+    """z = x W^T + b, the engine's matrix product (rules.matmul) with b = W^T; leading dims
+    of x act as a batch, whose entries the weight and the bias sum."""
+
     params = ("weight", "bias")
 
     def input_diag(self, module, h_out, g_out):
-        return linear.linear_input(h_out, module.weight)
+        return matmul.matmul_left(h_out, module.weight.mT)
 
     def weight(self, module, h_out):
-        return linear.linear_weight(h_out, module.input0)
+        x = module.input0
+        rows = (h_out.reshape(-1, h_out.shape[-1]), x.reshape(-1, x.shape[-1]))
+        return matmul.matmul_right(*rows, transposed=True).mT
 
     def bias(self, module, h_out):
-        return linear.linear_bias(h_out)
+        return upcast(h_out).reshape(-1, h_out.shape[-1]).sum(0)
 
 
 class Identity(ModuleAdaptor):

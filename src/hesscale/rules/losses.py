@@ -1,4 +1,6 @@
-"""Exact Hessian diagonals of losses w.r.t. their (network-output) inputs.
+"""Exact Hessian diagonals of losses w.r.t. their (network-output) inputs, and the first and
+second derivatives of the loss kernels they are made of (each formula once: the diagonal of a
+whole loss is its kernel's second derivative, or the log-softmax rule for cross-entropy).
 
 These start the backward recursion. With 'mean' reduction each is divided by what torch
 divides the loss by; with 'sum' it is not. Where torch's 'mean' divides by zero (an empty batch,
@@ -16,6 +18,7 @@ import torch
 from torch import Tensor
 
 from hesscale.rules.precision import promote, upcast, working_dtype
+from hesscale.rules.softmax import log_softmax_input
 
 
 def _reduce_scale(reduction: str, normaliser: Tensor | float) -> Tensor | float:
@@ -37,18 +40,19 @@ def cross_entropy_diag(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
 ) -> Tensor:
-    """Softmax cross-entropy, classes along dim 1: h = c * (p - p^2) / normaliser.
+    """Softmax cross-entropy, classes along dim 1: the log-softmax rule
+    (rules.softmax.log_softmax_input) with h = 0 and the gradient of the NLL part.
 
-    The Hessian of -log p_c w.r.t. the logits is diag(p) - p p^T for every class c, so any
-    mixture of classes (probability targets, label smoothing, class weights) only scales it by
-    c = the total weight the loss puts on the log-probabilities of that position.
+    Cross-entropy is l = -sum_k c_k log p_k, linear in the log-probabilities, so its only
+    curvature is the log-softmax's, -p (1 - p) sum_k g_k with sum_k g_k = -c: the total weight
+    the loss puts on the log-probabilities of that position (probability targets, label
+    smoothing, class weights), divided by what 'mean' divides by.
     """
     logits = upcast(logits)
     unbatched = logits.dim() == 1
     if unbatched:
         logits, target = logits.unsqueeze(0), target.unsqueeze(0)
     num_classes = logits.shape[1]
-    probs = torch.softmax(logits, dim=1)
     class_weight = torch.ones(num_classes, dtype=logits.dtype, device=logits.device)
     if weight is not None:
         class_weight = weight.to(logits.dtype)
@@ -65,21 +69,25 @@ def cross_entropy_diag(
             label_smoothing / num_classes * class_weight.sum()
         )
         normaliser = target_weight.sum()
-    h = coefficient.unsqueeze(1) * (probs - probs.square())
-    h = h * _reduce_scale(reduction, normaliser)
+    log_prob_gradient = -(coefficient * _reduce_scale(reduction, normaliser)).unsqueeze(1)
+    h = log_softmax_input(torch.softmax(logits, dim=1), None, log_prob_gradient, dim=1)
     return h.squeeze(0) if unbatched else h
 
 
 def mse_diag(prediction: Tensor, reduction: str = "mean", target: Tensor | None = None) -> Tensor:
-    """(x - y)^2 summed or averaged over the broadcast shape of x and y: h = 2 c, where c is
-    the number of copies of each entry of x in that shape, divided by the shape's numel for
-    'mean'. Symmetric: ``mse_diag(y, reduction, x)`` is the diagonal w.r.t. the target."""
-    size = prediction.numel()
+    """(x - y)^2 summed or averaged over the broadcast shape of x and y: the second derivative
+    of ``mse_derivatives`` summed over the copies of each entry of x in that shape. Symmetric:
+    ``mse_diag(y, reduction, x)`` is the diagonal w.r.t. the target."""
+    shape = prediction.shape
     if target is not None:
-        size = torch.broadcast_shapes(prediction.shape, target.shape).numel()
-    copies = size // prediction.numel() if prediction.numel() else 0
-    h = 2.0 * copies * _reduce_scale(reduction, size)
-    return torch.full_like(prediction, h, dtype=working_dtype(prediction.dtype))
+        shape = torch.broadcast_shapes(prediction.shape, target.shape)
+    scale = _reduce_scale(reduction, shape.numel())
+    dtype = working_dtype(prediction.dtype)
+    zero = torch.zeros((), dtype=dtype, device=prediction.device)
+    _, second = mse_derivatives(zero, zero, scale)
+    return torch.full(shape, second, dtype=dtype, device=prediction.device).sum_to_size(
+        prediction.shape
+    )
 
 
 def nll_diag(log_probs: Tensor) -> Tensor:
@@ -94,18 +102,13 @@ def bce_with_logits_diag(
     weight: Tensor | None = None,
     pos_weight: Tensor | None = None,
 ) -> Tensor:
-    """-w [q y log s + (1 - y) log(1 - s)], s = sigmoid(x), q = pos_weight:
-    h = w s (1 - s) (q y + 1 - y). Torch requires ``target`` of the logits' shape and ``weight``,
-    ``pos_weight`` that broadcast to it, so the loss has the logits' shape."""
+    """The second derivative of ``bce_with_logits_derivatives``. Torch requires ``target`` of
+    the logits' shape and ``weight``, ``pos_weight`` that broadcast to it, so the loss has the
+    logits' shape."""
     logits, target, weight, pos_weight = promote(logits, target, weight, pos_weight)
-    s = torch.sigmoid(logits)
-    h = s * (1 - s)
-    if pos_weight is not None:
-        h = h * (pos_weight * target + 1 - target)
-    if weight is not None:
-        h = h * weight
-    h = h.expand_as(logits)
-    return h * _reduce_scale(reduction, logits.numel())
+    scale = _reduce_scale(reduction, logits.numel())
+    _, second = bce_with_logits_derivatives(logits, target, weight, pos_weight, scale)
+    return second.expand_as(logits)
 
 
 def gaussian_nll_diag(
