@@ -357,3 +357,19 @@ def test_a_compiled_model_gets_a_clear_error():
         hesscale.backward(F.cross_entropy(compiled(x), y))
     hesscale.backward(F.cross_entropy(compiled._orig_mod(x), y))
     assert model[0].weight.hesscale.abs().sum() > 0
+
+
+def test_no_hidden_state_on_users_tensors_and_a_graph_built_whole():
+    """hesscale.backward leaves only the documented attributes on a parameter (nothing on the
+    diagonal tensors), and a Graph holds its rules as soon as it exists."""
+    from hesscale.engine.graph import Graph
+
+    model, (x, y) = mlp(), data()
+    loss = F.cross_entropy(model(x), y)
+    graph = Graph(loss.grad_fn)
+    assert set(graph.rules) == set(graph.edges) and graph.reshuffles is not None
+    assert graph.has_module_hooks is False
+    hesscale.backward(loss, gn="both")
+    for p in model.parameters():
+        assert set(vars(p)) <= {"hesscale", "hesscale_gn"}, vars(p)
+        assert not vars(p.hesscale) and not vars(p.hesscale_gn)
