@@ -18,7 +18,8 @@ import torch
 
 import hesscale
 import hesscale.engine
-from hesscale.engine.registry import RULES, Kind, register, supported_operations
+from hesscale.engine.ops import supported_operations
+from hesscale.engine.registry import RULES, Kind, register
 from hesscale.errors import HesScaleError
 from tests.engine_checks import leaves
 

@@ -53,6 +53,22 @@ class Resolved(Generic[T]):
     origin: str | None  # a folder another process must put on sys.path to import ``path``
 
 
+# Packages that register components of their own (the RL tasks, networks and plots), named by
+# module and imported on the first use of any registry, as entry points would be: they import
+# the core modules, never the other way round.
+BUILTIN_PLUGINS = ("hesscale.experiments.rl.components",)
+_plugins = {"loaded": False}
+
+
+def load_plugins() -> None:
+    """Import the built-in plugins (once), so that their components are registered."""
+    if _plugins["loaded"]:
+        return
+    _plugins["loaded"] = True
+    for module in BUILTIN_PLUGINS:
+        importlib.import_module(module)
+
+
 class Registry(Mapping[str, T]):
     """The components of one kind, by name.
 
@@ -77,19 +93,23 @@ class Registry(Mapping[str, T]):
         return found
 
     def __iter__(self) -> Iterator[str]:
+        load_plugins()
         return iter(self._entries)
 
     def __len__(self) -> int:
+        load_plugins()
         return len(self._entries)
 
     def find(self, name: str) -> T | None:
         """The component registered as ``name``, or as the family (``prefix*``) it belongs to."""
+        load_plugins()
         if name in self._entries:
             return self._entries[name]
         families = [k for k in self._entries if k.endswith("*") and name.startswith(k[:-1])]
         return self._entries[max(families, key=len)] if families else None
 
     def is_builtin(self, name: str) -> bool:
+        load_plugins()
         return name in self._builtin
 
     def register(
@@ -101,6 +121,8 @@ class Registry(Mapping[str, T]):
         pool, a SLURM job); by default found from where the object is defined."""
         if not isinstance(name, str) or not name or "=" in name or name != name.strip():
             raise ComponentError(f"{self.kind} name {name!r}: use a non-empty name without '='.")
+        if not builtin:
+            load_plugins()  # a user's name must not shadow a plugin's built-in
         if name in self._builtin and not builtin:
             raise ComponentError(
                 f"'{name}' is a built-in {self.kind}; register yours under another name."
@@ -125,6 +147,7 @@ class Registry(Mapping[str, T]):
         return self._paths.get(name)
 
     def known(self) -> str:
+        load_plugins()
         return ", ".join(self._entries)
 
     def resolve(self, reference: str, search: Sequence[str | Path] = ()) -> Resolved[T]:
@@ -157,8 +180,8 @@ class Registry(Mapping[str, T]):
             path = self.user_path(resolved.target)
             origin = _origin_of(path)
         if path is None:
-            return _labelled(resolved.label, resolved.target), None
-        return _labelled(resolved.label, path), origin
+            return _labeled(resolved.label, resolved.target), None
+        return _labeled(resolved.label, path), origin
 
     def local_only(self, resolved: Resolved[T]) -> bool:
         """Whether only this process can find ``resolved``: registered from Python without an
@@ -167,7 +190,7 @@ class Registry(Mapping[str, T]):
         return resolved.path is None and name in self._paths and self._paths[name] is None
 
 
-def _labelled(label: str, target: str) -> str:
+def _labeled(label: str, target: str) -> str:
     return target if label == target else f"{label}={target}"
 
 

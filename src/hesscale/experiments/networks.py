@@ -307,29 +307,6 @@ for _name, _builder in {
     NETWORKS.register(_name, _images_only(_builder, _name), builtin=True)
 
 
-def _actor_critic(activation_name: str, shared: bool) -> NetworkFactory:
-    def build(input_shape, n_outputs, hidden=(64, 64)):
-        from hesscale.experiments.rl.policy import actor_critic
-
-        return actor_critic(input_shape, n_outputs, hidden, activation_name, shared)
-
-    trunks = "one trunk with three heads" if shared else "separate actor and critic MLPs"
-    build.__doc__ = (
-        f"RL tasks (rl:...): a Gaussian actor-critic, {activation_name}, {trunks}, hidden "
-        "64-64 unless given; outputs (mean, log_std, value) (hesscale.experiments.rl.policy)."
-    )
-    return build
-
-
-for _activation in ("tanh", "relu"):
-    NETWORKS.register(
-        f"actor_critic_{_activation}", _actor_critic(_activation, False), builtin=True
-    )
-    NETWORKS.register(
-        f"actor_critic_{_activation}_shared", _actor_critic(_activation, True), builtin=True
-    )
-
-
 def build_network(
     name: str,
     input_shape: Sequence[int],

@@ -29,12 +29,14 @@ import json
 import math
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hesscale.experiments.components import load_plugins
 from hesscale.experiments.logs import (
     COMPLETE,
     config_label,
@@ -43,6 +45,7 @@ from hesscale.experiments.logs import (
     iter_logs,
     safe_name,
 )
+from hesscale.experiments.plot_style import line_style, plain_log_ticks, twin_role
 
 
 @dataclass
@@ -229,42 +232,6 @@ def summary_table(title: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-LINE_STYLES = ["-", "--", "-.", ":"]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
-
-
-def _style(index: int, n_points: int, twin: str = "") -> dict[str, Any]:
-    """Colour, line style and marker of the ``index``-th curve: no two curves look alike.
-    ``twin``: "original" for a curve that a later one repeats (drawn wide and pale, so that the
-    repeat, drawn thin on top, leaves it visible), "repeat" for that later curve."""
-    return dict(
-        color=f"C{index % 10}",
-        linestyle=LINE_STYLES[index % len(LINE_STYLES)],
-        marker=MARKERS[index % len(MARKERS)],
-        markevery=max(1, n_points // 8),
-        markersize={"original": 9, "repeat": 4}.get(twin, 5),
-        linewidth={"original": 5, "repeat": 1.3}.get(twin, 1.8),
-        alpha=0.45 if twin == "original" else 1.0,
-    )
-
-
-def _twin_role(name: str, twins: dict[str, str]) -> str:
-    return "repeat" if name in twins else "original" if name in twins.values() else ""
-
-
-def _plain_log_ticks(axis, at: list[float] | None = None) -> None:
-    """Tick labels like 0.001 and 2, not 10^-3 and 2 x 10^0; only at ``at`` if given."""
-    from matplotlib import ticker
-
-    formatter = ticker.FuncFormatter(lambda value, _: f"{value:g}")
-    axis.set_major_formatter(formatter)
-    if at is not None:
-        axis.set_ticks(at)
-        axis.set_minor_formatter(ticker.NullFormatter())
-    else:
-        axis.set_minor_formatter(formatter)
-
-
 def identical_to(curves: dict[str, Config | _Sweep]) -> dict[str, str]:
     """{name: an earlier name with the same results} among ``curves``."""
     names, found = list(curves), {}
@@ -297,7 +264,7 @@ def plot_curves(learners: dict[str, list[Config]], title: str, path: Path) -> No
             label = top.label()
             if learner in twins:
                 label += f" - identical to {twins[learner]}"
-            style = _style(index, len(steps), _twin_role(learner, twins))
+            style = line_style(index, len(steps), twin_role(learner, twins))
             ax.plot(steps, mean, label=label, **style)
             ax.fill_between(steps, mean - se, mean + se, color=style["color"], alpha=0.15)
         ax.set_xlabel("step")
@@ -331,7 +298,7 @@ def plot_sensitivity(learners: dict[str, list[Config]], title: str, path: Path) 
     for index, (learner, by_lr) in enumerate(by_learner.items()):
         lrs = sorted(by_lr)
         label = learner + (f" - identical to {twins[learner]}" if learner in twins else "")
-        style = _style(index, len(lrs), _twin_role(learner, twins))
+        style = line_style(index, len(lrs), twin_role(learner, twins))
         style["markevery"] = 1
         for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
             ok = [lr for lr in lrs if not by_lr[lr].diverged]
@@ -345,11 +312,11 @@ def plot_sensitivity(learners: dict[str, list[Config]], title: str, path: Path) 
     axes[0].set_ylabel("average online loss (x: diverged)")
     axes[1].set_ylabel("average online accuracy (x: diverged)")
     axes[0].set_yscale("log")  # one bad seed can raise the average loss by orders of magnitude
-    _plain_log_ticks(axes[0].yaxis)
+    plain_log_ticks(axes[0].yaxis)
     all_lrs = sorted({lr for by_lr in by_learner.values() for lr in by_lr})
     for ax in axes:
         ax.set_xscale("log")
-        _plain_log_ticks(ax.xaxis, all_lrs if len(all_lrs) <= 8 else None)
+        plain_log_ticks(ax.xaxis, all_lrs if len(all_lrs) <= 8 else None)
         ax.set_xlabel("step size (lr)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -371,6 +338,24 @@ class _Sweep:
         )
 
 
+GroupPlotter = Callable[[dict, str, Path, str], tuple[list[Path], str]]
+# task-name prefix -> how runs of such tasks are plotted (instead of the loss curves)
+GROUP_PLOTTERS: dict[str, GroupPlotter] = {}
+
+
+def register_group_plotter(prefix: str, plot_group: GroupPlotter) -> None:
+    """Plot the runs of tasks whose name starts with ``prefix`` with ``plot_group(learners,
+    title, out_dir, tag) -> (files written, a Markdown table)`` (e.g. the RL plugin's)."""
+    GROUP_PLOTTERS[prefix] = plot_group
+
+
+def group_plotter(task: str) -> GroupPlotter | None:
+    """The plotter registered for ``task``'s prefix (the longest that matches), if any."""
+    load_plugins()
+    prefixes = [prefix for prefix in GROUP_PLOTTERS if task.startswith(prefix)]
+    return GROUP_PLOTTERS[max(prefixes, key=len)] if prefixes else None
+
+
 def plot_all(root: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Draw every plot for the logs under ``root``; return the files written."""
     root = Path(root)
@@ -388,10 +373,9 @@ def plot_all(root: str | Path, out_dir: str | Path | None = None) -> list[Path]:
             tag += "__" + _settings_text(differing[key], "_").replace("=", "")
             title += f" ({_settings_text(differing[key], ', ')})"
         tag = safe_name(tag)  # labels may be import paths
-        if task.startswith("rl:"):  # returns instead of losses: hesscale.experiments.rl.plot
-            from hesscale.experiments.rl import plot as rl_plot
-
-            files, table = rl_plot.plot_group(learners, title, out_dir, tag)
+        plot_group = group_plotter(task)
+        if plot_group is not None:  # e.g. returns instead of losses for RL tasks
+            files, table = plot_group(learners, title, out_dir, tag)
             written += files
             tables.append(table)
             continue

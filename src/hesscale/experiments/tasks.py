@@ -555,24 +555,6 @@ for _name in task_names():
     TASKS.register(_name, _builtin_task(_name), builtin=True)
 
 
-def reinforcement_learning(settings: TaskSettings, /, **options: Any) -> Any:
-    """rl:<gymnasium id>: PPO (or A2C: algo='a2c') on a gymnasium environment with continuous
-    actions; options as hesscale.experiments.rl.options.OPTIONS (needs the rl extra)."""
-    from hesscale.experiments.rl.task import RLTask
-
-    return RLTask(settings, **options)
-
-
-def _check_rl_options(options: dict[str, Any]) -> None:
-    from hesscale.experiments.rl.task import check_options
-
-    check_options(options)
-
-
-reinforcement_learning.check_options = _check_rl_options  # type: ignore[attr-defined]
-TASKS.register("rl:*", reinforcement_learning, builtin=True)
-
-
 def check_task_options(factory: TaskFactory, what: str, options: dict[str, Any]) -> None:
     """ComponentError if ``factory`` does not take ``options``; bad values of a built-in
     option are ValueErrors too."""

@@ -20,3 +20,28 @@ from hesscale.engine.ops import (  # noqa: F401
     reductions,
     shape,
 )
+from hesscale.engine.registry import RULES
+
+
+def supported_operations() -> dict[str, list[str]]:
+    """The autograd operations ``hesscale.backward`` handles, grouped by family.
+
+    Returns:
+        A dict from family name (e.g. ``"activations"``) to the sorted autograd node names
+        (``grad_fn.name()``) of that family; families in alphabetical order.
+    """
+    families: dict[str, list[str]] = {}
+    for name, entry in RULES.items():
+        families.setdefault(entry.family, []).append(name)
+    return {family: sorted(names) for family, names in sorted(families.items())}
+
+
+def supported_operations_markdown() -> str:
+    """The README's list of supported autograd operations (regenerate it with
+    ``python -c "from hesscale.engine.ops import supported_operations_markdown as m;
+    print(m())"``; a test checks the README holds exactly this)."""
+    lines = []
+    for family, names in supported_operations().items():
+        shown = ", ".join(f"`{name.removeprefix('torch::autograd::')}`" for name in names)
+        lines.append(f"- **{family}** ({len(names)}): {shown}")
+    return "\n".join(lines)

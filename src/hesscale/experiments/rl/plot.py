@@ -21,14 +21,8 @@ from typing import Any
 import numpy as np
 
 from hesscale.experiments.logs import config_label
-from hesscale.experiments.plot import (
-    Config,
-    _plain_log_ticks,
-    _style,
-    _twin_role,
-    identical_to,
-    stderr,
-)
+from hesscale.experiments.plot import Config, identical_to, stderr
+from hesscale.experiments.plot_style import line_style, plain_log_ticks, twin_role
 
 FINAL_FRACTION = 0.1
 
@@ -153,7 +147,7 @@ def plot_curves(learners: dict[str, list[RLConfig]], title: str, path: Path) -> 
         steps, runs = top.seeds_curves()
         mean, se = runs.mean(0), stderr(runs)
         label = top.label() + (f" - identical to {twins[learner]}" if learner in twins else "")
-        style = _style(index, len(steps), _twin_role(learner, twins))
+        style = line_style(index, len(steps), twin_role(learner, twins))
         ax.plot(steps, mean, label=f"{label}, {len(runs)} seeds", **style)
         ax.fill_between(steps, mean - se, mean + se, color=style["color"], alpha=0.2)
         for run in runs:
@@ -188,7 +182,7 @@ def plot_sensitivity(learners: dict[str, list[RLConfig]], title: str, path: Path
                 by_lr[lr] = config
         lrs = sorted(by_lr)
         all_lrs.update(lrs)
-        style = {**_style(index, len(lrs)), "markevery": 1}
+        style = {**line_style(index, len(lrs)), "markevery": 1}
         ok = [lr for lr in lrs if not by_lr[lr].diverged]
         means = [by_lr[lr].per_seed().mean() for lr in ok]
         errors = [stderr(by_lr[lr].per_seed()) for lr in ok]
@@ -197,7 +191,7 @@ def plot_sensitivity(learners: dict[str, list[RLConfig]], title: str, path: Path
         if bad:
             ax.plot(bad, [floor] * len(bad), "x", color=style["color"], markersize=9)
     ax.set_xscale("log")
-    _plain_log_ticks(ax.xaxis, sorted(all_lrs) if len(all_lrs) <= 8 else None)
+    plain_log_ticks(ax.xaxis, sorted(all_lrs) if len(all_lrs) <= 8 else None)
     ax.set_xlabel("step size (lr)")
     ax.set_ylabel("average return (x: diverged)")
     ax.grid(alpha=0.3)
