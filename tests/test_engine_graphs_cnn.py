@@ -440,23 +440,23 @@ def test_resnet18_as_it_is(mode):
         assert_close(p.hesscale_gn, exact[name])
 
 
-NORMALISATIONS = {
+NORMALIZATIONS = {
     "batchnorm-train": lambda t, p: F.batch_norm(t, None, None, p["w"], p["b"], training=True),
     "layernorm": lambda t, p: F.layer_norm(t, (4,), p["w"], p["b"]),
     "groupnorm": lambda t, p: F.group_norm(t, 2, p["w"], p["b"]),
 }
 
 
-@pytest.mark.parametrize("norm", NORMALISATIONS)
-def test_normalisation_under_a_linear_loss(norm):
-    """A loss linear in the normalised output: its diagonal there is zero, and only the
+@pytest.mark.parametrize("norm", NORMALIZATIONS)
+def test_normalization_under_a_linear_loss(norm):
+    """A loss linear in the normalized output: its diagonal there is zero, and only the
     normalisation's own curvature (and the operations' below) reaches the parameters."""
     torch.manual_seed(0)
     params = {"w0": torch.randn(4, 3), "w": torch.randn(4), "b": torch.randn(4)}
     weights = torch.randn(3, 4)
 
     def loss_fn(p, x):
-        out = NORMALISATIONS[norm](torch.tanh(x @ p["w0"].T), p)
+        out = NORMALIZATIONS[norm](torch.tanh(x @ p["w0"].T), p)
         return (out * weights).sum(), (out,)
 
     check_graph(loss_fn, params, torch.randn(3, 3), name_output=True)

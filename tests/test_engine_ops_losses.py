@@ -213,17 +213,17 @@ def test_loss_graph_matches_oracle(name):
     check_graph(GRAPHS[name], params(), r(4, 3), r(4, 4), name_output=True)
 
 
-RECOGNISED = ["l1", "kl-div", "kl-div-log-target", "bce-probabilities", "huber-sum"]
+RECOGNIZED = ["l1", "kl-div", "kl-div-log-target", "bce-probabilities", "huber-sum"]
 
 
-@pytest.mark.parametrize("name", RECOGNISED)
+@pytest.mark.parametrize("name", RECOGNIZED)
 def test_hesscale_gn_finds_the_network_output_of_these_losses(name):
     torch.manual_seed(0)
     check_graph(GRAPHS[name], params(), r(4, 3), r(4, 4), variants=("hesscale_gn",))
 
 
 @pytest.mark.parametrize("name", ["poisson-nll", "cosine-embedding"])
-def test_hesscale_gn_asks_for_the_output_of_losses_it_does_not_recognise(name):
+def test_hesscale_gn_asks_for_the_output_of_losses_it_does_not_recognize(name):
     p = {k: v.requires_grad_(True) for k, v in params().items()}
     loss, _ = GRAPHS[name](p, r(4, 3), r(4, 4))
     with pytest.raises(hesscale.HesScaleError, match="output="):

@@ -28,9 +28,9 @@ from hesscale.estimators import (
     hesscale_estimator,
     hesscale_gn_estimator,
     kfac,
-    kron_diagonal,
     standard_estimators,
 )
+from hesscale.estimators.backpack_based import kron_diagonal
 from tests.oracle import definition_diag, exact_loss_diag, hesscale_by_definition, parameter_fn
 
 DTYPE = torch.float64

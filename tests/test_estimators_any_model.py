@@ -12,18 +12,21 @@ from torch.autograd.functional import jacobian
 import hesscale
 from hesscale.errors import HesScaleError
 from hesscale.estimators import (
-    EngineHesScale,
     Estimator,
-    ExactGGNAutograd,
-    ExactHessianAutograd,
-    MonteCarloGGNAutograd,
     any_model_estimators,
     exact_ggn,
     exact_hessian,
     hesscale_estimator,
     hesscale_gn_estimator,
 )
-from hesscale.estimators.any_model import hessian_diagonal, sampled_targets
+from hesscale.estimators.any_model import (
+    EngineHesScale,
+    ExactGGNAutograd,
+    ExactHessianAutograd,
+    MonteCarloGGNAutograd,
+    hessian_diagonal,
+    sampled_targets,
+)
 from hesscale.experiments.networks import ResidualMLP, fully_connected
 from hesscale.experiments.tasks import Task
 from hesscale.experiments.transformer import RowTransformer

@@ -674,4 +674,4 @@ def test_optimizers_share_one_constructor_and_one_rademacher_helper():
     assert ggnmc.mc_samples == 3 and type(ggnmc.method).__name__ == "DiagGGNMC"
     names = hyperparameter_names("adaggnmc")
     assert {"mc_samples", "lr", "betas", "preconditioner", "delta", "on_nonfinite"} <= set(names)
-    assert adahessian_module.rademacher is hesscale.estimators.rademacher
+    assert adahessian_module.rademacher is hesscale.estimators.autograd_based.rademacher

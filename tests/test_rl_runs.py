@@ -37,7 +37,7 @@ def config(**changes) -> RunConfig:
     return RunConfig(**{**settings, **changes})
 
 
-def test_environment_logs_episodes_bootstraps_time_limits_and_normalises():
+def test_environment_logs_episodes_bootstraps_time_limits_and_normalizes():
     env = Environment("Pendulum-v1", seed=0, gamma=0.99)
     policy = actor_critic((env.obs_dim,), 2 * env.act_dim + 1, hidden=(8,))
     torch.manual_seed(0)

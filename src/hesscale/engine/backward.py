@@ -278,5 +278,16 @@ def backward(
             the loss functions it recognises (e.g. a hand-written Gaussian log-likelihood).
         inputs: as for ``loss.backward(inputs=...)``: only these leaves get results.
         retain_graph: as for ``loss.backward()``.
+
+    Returns:
+        None; the results are left in the leaves, as ``loss.backward()`` leaves ``p.grad``.
+
+    Raises:
+        TypeError: when ``loss`` is not a tensor.
+        ValueError: for a ``gn`` other than False, True or 'both'.
+        HesScaleError: when ``loss`` is not a scalar with a graph, when HesScaleGN cannot tell
+            where the network ends (name it with ``output=``), or when a rule cannot run.
+        UnsupportedOperationError: when the graph holds an operation without a rule (or in a
+            configuration its rule does not cover), before anything is computed.
     """
     DiagonalBackward(loss, variants_of(gn), output).run(inputs, retain_graph)

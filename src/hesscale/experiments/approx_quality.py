@@ -12,7 +12,7 @@ work on any nn.Module (``any_model_estimators``: HesScale and HesScaleGN through
 ``hesscale.backward``, the exact diagonal from autograd's Hessian-vector products, one per
 parameter entry); BackPACK's KFAC and BL89 are left out (said so in the output).
 
-Reported: each method's mean total L1 error normalised by HesScale's (HesScale = 1; per-seed
+Reported: each method's mean total L1 error normalized by HesScale's (HesScale = 1; per-seed
 ratios, then their mean and spread), and the mean L1 error of each layer.
 
 Outputs under ``--out``: ``results.json`` (configuration, summary and the raw errors,
@@ -39,11 +39,11 @@ from tqdm import tqdm
 
 from hesscale.estimators import (
     Estimator,
-    ExactHessianAutograd,
     any_model_estimators,
     exact_hessian,
     standard_estimators,
 )
+from hesscale.estimators.any_model import ExactHessianAutograd
 from hesscale.experiments.networks import ACTIVATIONS as NETWORK_ACTIVATIONS
 from hesscale.experiments.networks import ResidualMLP, fully_connected
 from hesscale.experiments.tasks import DATASETS, Task
@@ -52,7 +52,7 @@ from hesscale.hook_warning import hook_warning_hidden
 
 ACTIVATIONS = tuple(NETWORK_ACTIVATIONS)
 LOSSES = ("ce", "mse")
-NORMALISER = "HesScale"
+NORMALIZER = "HesScale"
 HESSCALE_VARIANTS = ("HesScale", "HesScaleGN")
 TIE = 1e-9  # relative difference below which two errors count as equal (e.g. BL89 with MSE)
 NETWORKS = ("mlp", "residual", "transformer")
@@ -144,8 +144,8 @@ def select_methods(config: StudyConfig) -> list[Estimator]:
             f"unknown method(s) {', '.join(unknown)}; available with --samples "
             f"{config.samples}: {', '.join(known)}"
         )
-    if NORMALISER not in config.methods:
-        raise ValueError(f"--methods must include {NORMALISER}: errors are normalised by it")
+    if NORMALIZER not in config.methods:
+        raise ValueError(f"--methods must include {NORMALIZER}: errors are normalized by it")
     by_name = {m.name: m for m in methods}
     return [by_name[name] for name in dict.fromkeys(config.methods) if name in by_name]
 
@@ -263,14 +263,14 @@ def run_seed(
     return errors
 
 
-def summarise(errors: np.ndarray, methods: list[Estimator], layer_names: list[str]) -> list[dict]:
+def summarize(errors: np.ndarray, methods: list[Estimator], layer_names: list[str]) -> list[dict]:
     """Per method: mean total L1, its ratio to HesScale's per seed, and per-layer mean L1."""
     names = [m.name for m in methods]
     total = errors.sum(-1).mean(1)  # (seeds, methods): mean over steps of the total L1
-    normalised = total / total[:, [names.index(NORMALISER)]]
+    normalized = total / total[:, [names.index(NORMALIZER)]]
     rows = []
     for j, method in enumerate(methods):
-        ratios = normalised[:, j]
+        ratios = normalized[:, j]
         rows.append(
             {
                 "method": method.name,
@@ -417,7 +417,7 @@ def plot(
     rows = sorted(rows, key=lambda r: r["normalised_mean"])
     names = [r["method"] for r in rows]
     positions = np.arange(len(rows))
-    colours = ["tab:red" if n == NORMALISER else "tab:blue" for n in names]
+    colors = ["tab:red" if n == NORMALIZER else "tab:blue" for n in names]
     values = np.array([v for r in rows for v in (r["normalised_mean"], *r["normalised_per_seed"])])
     largest = values.max() if values.size else 1.0
     positive = values[values > EXACT * largest]
@@ -426,7 +426,7 @@ def plot(
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows) + 2), 4.6))
     means = np.array([r["normalised_mean"] for r in rows])
     exact = means <= EXACT * largest
-    ax.bar(positions[~exact], means[~exact], color=np.array(colours)[~exact], alpha=0.6)
+    ax.bar(positions[~exact], means[~exact], color=np.array(colors)[~exact], alpha=0.6)
     ax.bar(positions[exact], floor, color="none", edgecolor="tab:green", hatch="//")
     for i, row in enumerate(rows):
         seeds = np.maximum(np.asarray(row["normalised_per_seed"]), floor)
@@ -458,7 +458,7 @@ def plot(
     fig.savefig(first, dpi=120)
     plt.close(fig)
 
-    # methods x layers heat map, log colour scale, each cell labelled with its mean L1 error
+    # methods x layers heat map, log color scale, each cell labelled with its mean L1 error
     table = np.array([[r["l1_by_layer"][layer] for layer in layer_names] for r in rows])
     largest = table.max() if table.size and table.max() > 0 else 1.0
     positive = table[table > EXACT * largest]
@@ -474,8 +474,8 @@ def plot(
     for (i, k), value in np.ndenumerate(table):
         text = "exact" if value <= EXACT * largest else f"{value:.2g}"
         light = image.norm(max(value, cell_floor)) > 0.6
-        colour = "black" if light else "white"
-        ax.text(k, i, text, ha="center", va="center", fontsize="small", color=colour)
+        color = "black" if light else "white"
+        ax.text(k, i, text, ha="center", va="center", fontsize="small", color=color)
     labels = layer_labels(layer_names, modules)
     ax.set_xticks(range(len(layer_names)), labels, fontsize=None if modules is None else "small")
     ax.set_yticks(range(len(rows)), names)
@@ -558,7 +558,7 @@ def run_study(config: StudyConfig, out: Path, progress: bool = True) -> dict:
     ):
         errors = np.stack([run_seed(seed, config, methods, bar) for seed in range(config.seeds)])
     seconds = time.perf_counter() - start
-    rows = summarise(errors, methods, layer_names)
+    rows = summarize(errors, methods, layer_names)
     paths = write_outputs(out, config, names, layer_names, errors, rows, seconds, modules, left_out)
     beats_all, lines = verdict(rows)
     return {

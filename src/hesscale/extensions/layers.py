@@ -72,7 +72,7 @@ class BatchNorm(ModuleAdaptor):
         )
 
     def weight(self, module, h_out):
-        x_hat = normalization.batchnorm_eval_normalised(
+        x_hat = normalization.batchnorm_eval_normalized(
             module.input0, module.running_mean, module.running_var, module.eps
         )
         return normalization.batchnorm_weight(h_out, x_hat)

@@ -21,12 +21,12 @@ from hesscale.rules.precision import promote, upcast, working_dtype
 from hesscale.rules.softmax import log_softmax_input
 
 
-def _reduce_scale(reduction: str, normaliser: Tensor | float) -> Tensor | float:
-    """1 / normaliser for 'mean' (0 where the normaliser is 0), 1 for 'sum'."""
+def _reduce_scale(reduction: str, normalizer: Tensor | float) -> Tensor | float:
+    """1 / normalizer for 'mean' (0 where the normalizer is 0), 1 for 'sum'."""
     if reduction == "mean":
-        if isinstance(normaliser, Tensor):
-            return torch.where(normaliser != 0, 1.0 / normaliser, 0.0)
-        return 1.0 / normaliser if normaliser else 0.0
+        if isinstance(normalizer, Tensor):
+            return torch.where(normalizer != 0, 1.0 / normalizer, 0.0)
+        return 1.0 / normalizer if normalizer else 0.0
     if reduction == "sum":
         return 1.0
     raise ValueError(f"reduction={reduction!r} is not supported; use 'mean' or 'sum'")
@@ -61,15 +61,15 @@ def cross_entropy_diag(
         target = target.to(logits.dtype)
         smoothed = target * (1 - label_smoothing) + label_smoothing / num_classes
         coefficient = (smoothed * per_class).sum(1)
-        normaliser = coefficient.new_tensor(float(coefficient.numel()))
+        normalizer = coefficient.new_tensor(float(coefficient.numel()))
     else:
         valid = target != ignore_index
         target_weight = class_weight[torch.where(valid, target, 0)] * valid
         coefficient = (1 - label_smoothing) * target_weight + valid * (
             label_smoothing / num_classes * class_weight.sum()
         )
-        normaliser = target_weight.sum()
-    log_prob_gradient = -(coefficient * _reduce_scale(reduction, normaliser)).unsqueeze(1)
+        normalizer = target_weight.sum()
+    log_prob_gradient = -(coefficient * _reduce_scale(reduction, normalizer)).unsqueeze(1)
     h = log_softmax_input(torch.softmax(logits, dim=1), None, log_prob_gradient, dim=1)
     return h.squeeze(0) if unbatched else h
 

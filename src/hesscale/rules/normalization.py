@@ -2,9 +2,9 @@
 
 - Batch normalisation in evaluation mode, an affine map per channel (dim 1):
   z = gamma * x_hat + beta with x_hat = (x - running_mean) / sqrt(running_var + eps).
-- Standardisation with the statistics of the entries themselves (BatchNorm in train mode,
+- Standardization with the statistics of the entries themselves (BatchNorm in train mode,
   LayerNorm, GroupNorm, InstanceNorm), one operation whose full Jacobian couples the entries
-  of each group: ``standardisation_input``, in closed form, O(n) per group of n entries.
+  of each group: ``standardization_input``, in closed form, O(n) per group of n entries.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def batchnorm_eval_input(
     return h_out * _per_channel(scale, h_out.dim())
 
 
-def batchnorm_eval_normalised(
+def batchnorm_eval_normalized(
     x: Tensor, running_mean: Tensor, running_var: Tensor, eps: float
 ) -> Tensor:
     """x_hat = (x - running_mean) / sqrt(running_var + eps)."""
@@ -57,17 +57,17 @@ def batchnorm_bias(h_out: Tensor) -> Tensor:
     return _sum_except_channel(upcast(h_out))
 
 
-# Standardisation with the statistics of the current entries (BatchNorm in train mode,
+# Standardization with the statistics of the current entries (BatchNorm in train mode,
 # LayerNorm, GroupNorm, InstanceNorm) ------------------------------------------------------
 
 
-def standardised(x: Tensor, mean: Tensor, invstd: Tensor) -> Tensor:
+def standardized(x: Tensor, mean: Tensor, invstd: Tensor) -> Tensor:
     """y = (x - mean) * invstd, the statistics broadcast over each group's entries."""
     return (x - mean).mul_(invstd)
 
 
-class Standardisation(NamedTuple):
-    """What ``standardisation_input`` returns: the diagonal w.r.t. x, and the group sums
+class Standardization(NamedTuple):
+    """What ``standardization_input`` returns: the diagonal w.r.t. x, and the group sums
     sum h_z y^2 and sum h_z (size 1 along the group's dims; None when h_z is), which are the
     diagonals of a gain and a shift per group (BatchNorm's weight and bias)."""
 
@@ -76,14 +76,14 @@ class Standardisation(NamedTuple):
     shift: Tensor | None
 
 
-def standardisation_input(
+def standardization_input(
     h_out: Tensor | None,
     g_out: Tensor | None,
     y: Tensor,
     invstd: Tensor,
     dims: tuple[int, ...],
     gain: Tensor | None = None,
-) -> Standardisation:
+) -> Standardization:
     """The diagonal w.r.t. x of z = gain * y, y = (x - mean(x)) / sqrt(var(x) + eps), where
     mean and (biased) var run over each group of n entries, the entries that share their index
     outside ``dims``. ``invstd`` = r = 1 / sqrt(var + eps) and ``gain`` (None: 1) are per group
@@ -104,7 +104,7 @@ def standardisation_input(
     (zero).
     """
     if h_out is None and g_out is None:
-        return Standardisation(None, None, None)
+        return Standardization(None, None, None)
     n = 1
     for d in dims:
         n *= y.shape[d]
@@ -140,7 +140,7 @@ def standardisation_input(
     result.mul_(y).add_(a0)
     if h_out is not None:
         result.addcmul_(h_out, k, value=n * n - 2 * n)
-    return Standardisation(result, s2, s0)
+    return Standardization(result, s2, s0)
 
 
 def affine_weight(h_out: Tensor, y: Tensor, dims: tuple[int, ...]) -> Tensor:

@@ -3,7 +3,7 @@
 Each is ONE operation with its own full Jacobian: with batch statistics (BatchNorm in train
 mode or without running statistics, which InstanceNorm also records) the standardisation
 couples the entries of each group, and its diagonal and its own curvature come from
-rules.normalization.standardisation_input, without forming Jacobians.
+rules.normalization.standardization_input, without forming Jacobians.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def batch_norm(call: NodeCall):
         if call.needs(0):
             h_x = norm.batchnorm_eval_input(h, running_var, eps, weight)
         if call.needs(1):
-            y = norm.batchnorm_eval_normalised(x, running_mean, running_var, eps)
+            y = norm.batchnorm_eval_normalized(x, running_mean, running_var, eps)
             h_w = norm.batchnorm_weight(h, y)
         if call.needs(2):
             h_b = norm.batchnorm_bias(h)
@@ -47,7 +47,7 @@ def _batch_norm_train(call: NodeCall, x, weight):
     """The standardisation's group sums are the weight's and bias's diagonals."""
     dims = tuple(d for d in range(x.dim()) if d != 1)
     invstd = _channel_view(call.saved("result2"), x.dim())
-    y = norm.standardised(x, _channel_view(call.saved("result1"), x.dim()), invstd)
+    y = norm.standardized(x, _channel_view(call.saved("result1"), x.dim()), invstd)
     h = call.h
     if not call.needs(0):  # only the weight and bias
         if h is None:
@@ -58,7 +58,7 @@ def _batch_norm_train(call: NodeCall, x, weight):
             norm.affine_bias(h, dims) if call.needs(2) else None,
         )
     gain = _channel_view(weight, x.dim())
-    h_x, h_w, h_b = norm.standardisation_input(h, call.g, y, invstd, dims, gain)
+    h_x, h_w, h_b = norm.standardization_input(h, call.g, y, invstd, dims, gain)
     return (
         h_x,
         h_w.view(-1) if h_w is not None and call.needs(1) else None,
@@ -88,11 +88,11 @@ def layer_norm(call: NodeCall):
     dims = tuple(range(x.dim() - k, x.dim()))
     leading = tuple(range(x.dim() - k))
     invstd = call.saved("result2")
-    y = norm.standardised(x, call.saved("result1"), invstd)
+    y = norm.standardized(x, call.saved("result1"), invstd)
     h_x = None
     if call.needs(0):
         h_y, g_y = _scaled(h, g, call.saved("weight"))
-        h_x = norm.standardisation_input(h_y, g_y, y, invstd, dims).input
+        h_x = norm.standardization_input(h_y, g_y, y, invstd, dims).input
     if h is None:
         return h_x, None, None
     h_w = norm.affine_weight(h, y, leading) if call.needs(1) else None
@@ -107,7 +107,7 @@ def group_norm(call: NodeCall):
     if any(t is not None for t in call.h_out[1:] + call.g_out[1:]):
         raise HesScaleError(
             "The mean or rstd output of aten.native_group_norm is used in the graph: HesScale "
-            "supports group normalisation through its normalised output only (F.group_norm)."
+            "supports group normalisation through its normalized output only (F.group_norm)."
         )
     h, g = call.h, call.g
     if h is None and g is None:
@@ -116,13 +116,13 @@ def group_norm(call: NodeCall):
     n, c, groups = call.saved("N"), call.saved("C"), call.saved("group")
     grouped = (n, groups, c // groups, -1)
     invstd = call.saved("result2").view(n, groups, 1, 1)
-    y = norm.standardised(x.reshape(grouped), call.saved("result1").view(n, groups, 1, 1), invstd)
+    y = norm.standardized(x.reshape(grouped), call.saved("result1").view(n, groups, 1, 1), invstd)
     h_grouped = None if h is None else h.reshape(grouped)
     h_x = None
     if call.needs(0):
         w = None if weight is None else weight.view(1, groups, c // groups, 1)
         h_y, g_y = _scaled(h_grouped, None if g is None else g.reshape(grouped), w)
-        h_x = norm.standardisation_input(h_y, g_y, y, invstd, (2, 3)).input.view(x.shape)
+        h_x = norm.standardization_input(h_y, g_y, y, invstd, (2, 3)).input.view(x.shape)
     if h is None:
         return h_x, None, None
     h_w = norm.affine_weight(h_grouped, y, (0, 3)).view(c) if call.needs(1) else None

@@ -65,7 +65,7 @@ def _jsonable(value):
     return value
 
 
-# HesScale's own methods in strong colours (curvature solid, optimizer steps dotted); the
+# HesScale's own methods in strong colors (curvature solid, optimizer steps dotted); the
 # reference black; every other method muted, told apart by its marker.
 HIGHLIGHT = {
     "HesScale": "#d62728",

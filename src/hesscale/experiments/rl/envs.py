@@ -60,7 +60,7 @@ def make_env(env_id: str):
 
 @dataclass
 class Transition:
-    """What one environment step returns to the algorithm (observations normalised, reward
+    """What one environment step returns to the algorithm (observations normalized, reward
     scaled). ``final_observation`` is the episode's last observation when it was truncated
     (the bootstrap state), else None."""
 
@@ -73,7 +73,7 @@ class Transition:
 
 class Environment:
     """One gymnasium environment, stepped by an algorithm: actions clipped to the action
-    space's bounds, observations normalised and rewards scaled (``normalize_obs``,
+    space's bounds, observations normalized and rewards scaled (``normalize_obs``,
     ``normalize_reward``; see hesscale.experiments.rl.normalize), episodes restarted when they
     end, and every finished episode's undiscounted return and length logged in ``episodes``
     with the environment step it ended at."""

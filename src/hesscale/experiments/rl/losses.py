@@ -7,7 +7,7 @@ A Gaussian policy with mean mu and log standard deviation s (per action dimensio
     entropy   = sum_j [ s_j + (1 + log(2 pi)) / 2 ]
 
 PPO (clipped surrogate), with ratio rho = exp(log pi(a) - log pi_old(a)) and advantages A
-(normalised per mini-batch unless told otherwise):
+(normalized per mini-batch unless told otherwise):
 
     L = -mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)) + c_v mean((V - R)^2) / 2 - c_e mean(H)
 

@@ -2,7 +2,7 @@
 continuous control), with state dicts so that a resumed run continues with the same ones.
 
 - Observations: o -> clip((o - mean) / sqrt(var + 1e-8), -10, 10), mean and var over every
-  observation seen so far (updated with each one before it is normalised).
+  observation seen so far (updated with each one before it is normalized).
 - Rewards: r -> clip(r / sqrt(var + 1e-8), -10, 10), var the running variance of the discounted
   return G = gamma * G + r (restarted at each episode's end). The mean is not subtracted.
 """

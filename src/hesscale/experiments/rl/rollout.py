@@ -18,7 +18,7 @@ from hesscale.experiments.rl.policy import GaussianActorCritic
 class Rollout:
     """T transitions (see hesscale.experiments.rl.returns for next_values, terminated, ends)."""
 
-    observations: Tensor  # (T, obs_dim), normalised as the policy saw them
+    observations: Tensor  # (T, obs_dim), normalized as the policy saw them
     actions: Tensor  # (T, act_dim), as sampled (before clipping to the bounds)
     log_probs: Tensor  # (T,) log pi(a_t | s_t) when sampled
     values: Tensor  # (T,) V(s_t)
