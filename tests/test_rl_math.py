@@ -227,11 +227,20 @@ def test_policy_networks_shapes_groups_and_initial_policy():
 
 
 def test_losses_are_finite_numbers_with_their_terms():
+    """Each term from its definition: the ratios _ppo_batch built in (0.6 .. 1.5), PPO's
+    clipped surrogate on normalized advantages, torch.distributions' Gaussian entropy."""
     mean, log_std, values, actions, old, advantages, returns = _ppo_batch()
     parts = ppo_loss(mean, log_std, values, actions, old, advantages, returns, ent_coef=0.1)
+    ratios = torch.linspace(0.6, 1.5, len(values), dtype=torch.float64)
+    a = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    surrogate = [min(r * x, min(max(r, 0.8), 1.2) * x) for r, x in zip(ratios, a, strict=True)]
+    policy_loss = -sum(surrogate).item() / len(surrogate)
     value_loss = 0.5 * ((values - returns) ** 2).mean().item()
-    entropy = gaussian_entropy(log_std).mean().item()
-    expected = parts.policy_loss.item() + 0.5 * value_loss - 0.1 * entropy
+    normal = torch.distributions.Normal(mean, log_std.exp())
+    entropy = normal.entropy().sum(-1).mean().item()
+    assert gaussian_entropy(log_std).mean().item() == pytest.approx(entropy)
+    assert parts.policy_loss.item() == pytest.approx(policy_loss)
+    expected = policy_loss + 0.5 * value_loss - 0.1 * entropy
     assert parts.value_loss.item() == pytest.approx(value_loss)
     assert parts.entropy.item() == pytest.approx(entropy)
     assert parts.loss.item() == pytest.approx(expected) and math.isfinite(parts.loss.item())

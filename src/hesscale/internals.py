@@ -20,7 +20,7 @@ def saved_value(node: Node, name: str) -> Any:
     """What an autograd node saved in the forward pass under ``name`` (``node._saved_<name>``).
 
     The names are those of torch's derivatives.yaml (e.g. ``self``, ``mat1``, ``result``);
-    ``shared/notes/autograd-nodes.md`` lists the ones common models record.
+    ``tests/test_internals.py`` checks the ones common models record.
     """
     return _signed(getattr(node, "_saved_" + name))
 

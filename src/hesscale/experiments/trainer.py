@@ -42,6 +42,8 @@ class Stepper(Protocol):
     """What a learner does per step: the part of a run the trainer does not know."""
 
     metrics: tuple[str, ...]  # the names ``step`` returns, binned into the log in this order
+    # Optional: a step that consumes several units of a run's --steps (an RL rollout) says how
+    # many (``units_per_step``, default 1) and what a unit is (``unit``, default "steps").
 
     def step(self) -> Metrics:
         """Take one step of learning; raise ``Diverged`` if it cannot be taken."""

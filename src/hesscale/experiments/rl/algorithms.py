@@ -4,12 +4,12 @@ rollout and the updates on it.
 - PPO (clipped surrogate; defaults: the usual MuJoCo recipe): ``rollout_steps`` = 2048
   transitions, advantages by GAE (gamma 0.99, lambda 0.95), then ``epochs`` = 10 passes over
   them in ``minibatches`` = 32 shuffled mini-batches, each one optimizer step on
-  ``ppo_loss`` (clip 0.2, value coefficient 0.5, entropy coefficient 0, advantages normalised
+  ``ppo_loss`` (clip 0.2, value coefficient 0.5, entropy coefficient 0, advantages normalized
   per mini-batch).
 - A2C: ``rollout_steps`` = 5 transitions, n-step returns (gamma 0.99), one optimizer step on
   ``a2c_loss``.
 
-Both: one environment, observations normalised and rewards scaled (``normalize_obs``,
+Both: one environment, observations normalized and rewards scaled (``normalize_obs``,
 ``normalize_reward``), no gradient clipping unless ``max_grad_norm`` is set, no step-size
 annealing. Time limits bootstrap from the value of the episode's last observation;
 terminations do not.
@@ -52,6 +52,7 @@ class OnPolicyLearning:
     ) -> None:
         self.env, self.policy, self.learner, self.options = env, policy, learner, options
         self.units_per_step = options["rollout_steps"]  # environment steps per Trainer step
+        self.unit = "environment steps"  # what one unit of --steps is
 
     def step(self) -> Metrics:
         first = len(self.env.episodes["return"])
