@@ -244,7 +244,7 @@ def test_what_hesscale_reads_from_distributed_data_parallel(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from hesscale.engine import distributed
+    from hesscale import ddp_modules
 
     store = f"file://{tmp_path / 'store'}"
     dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
@@ -260,7 +260,7 @@ def test_what_hesscale_reads_from_distributed_data_parallel(tmp_path):
         assert not internals.ddp_syncs_this_backward(ddp)
         assert internals.ddp_parameters(ddp) == list(ddp.module.parameters())
         assert internals.ddp_process_group(ddp) is not None
-        assert ddp in distributed._known
+        assert ddp in ddp_modules.known
         del ddp, out
     finally:
         gc.collect()

@@ -1,10 +1,14 @@
 """hesscale: Hessian and Gauss-Newton diagonals for PyTorch networks (HesScale)."""
 
 import importlib
+import sys
 
 from hesscale.errors import HesScaleError, UnsupportedModuleError, UnsupportedOperationError
 
 __version__ = "0.1.0"  # the one source of the version (pyproject.toml reads it)
+
+if "torch" in sys.modules:  # note DDP modules from now on (cheap once torch is loaded)
+    importlib.import_module("hesscale.ddp_modules")
 
 # Imported on first use, so that `import hesscale` (and the `hesscale` command) does not load
 # torch and BackPACK until something needs them.

@@ -16,21 +16,18 @@ zeroed) and zeros for the parameters its graph did not reach, as DDP does for gr
 Which DDP module a graph belongs to: DDP records its own node in the graph
 (``_DDPSinkBackward``, with ``find_unused_parameters`` or on a static graph's first
 iteration), which names it. Plain DDP records none (every rank then uses every parameter), so
-DDP modules constructed after hesscale was imported are also noted, weakly, when DDP registers
-its wrapped module (``torch.nn.modules.module.register_module_module_registration_hook``),
-and one applies when the graph reaches its parameters.
+DDP modules are also noted, weakly, when they are constructed (``hesscale.ddp_modules``), and
+one applies when the graph reaches its parameters.
 """
 
 from __future__ import annotations
 
-import itertools
-import weakref
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from hesscale import accumulation
+from hesscale import accumulation, ddp_modules
 from hesscale.engine.registry import Kind
 from hesscale.internals import (
     ddp_of_output_node,
@@ -38,20 +35,6 @@ from hesscale.internals import (
     ddp_process_group,
     ddp_syncs_this_backward,
 )
-
-# every DDP module hesscale has seen -> a number that orders them the same on every rank
-_known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_numbers = itertools.count()
-
-
-def _note_ddp(module: torch.nn.Module, name: str, submodule: object) -> None:
-    from torch.nn.parallel import DistributedDataParallel
-
-    if name == "module" and isinstance(module, DistributedDataParallel):
-        _known.setdefault(module, next(_numbers))
-
-
-torch.nn.modules.module.register_module_module_registration_hook(_note_ddp)
 
 
 def active() -> bool:
@@ -67,13 +50,13 @@ def modules_of(graph) -> list[torch.nn.Module]:
     for node in graph.nodes_of_kind(Kind.DDP_OUTPUT):
         ddp = ddp_of_output_node(node)
         if ddp is not None:
-            _known.setdefault(ddp, next(_numbers))
+            ddp_modules.note(ddp)
             found[id(ddp)] = ddp
     leaves = {id(leaf) for leaf in graph.leaves.values()}
-    for ddp in list(_known.keys()):
+    for ddp in list(ddp_modules.known.keys()):
         if id(ddp) not in found and any(id(p) in leaves for p in ddp_parameters(ddp)):
             found[id(ddp)] = ddp
-    return sorted(found.values(), key=lambda ddp: _known[ddp])
+    return sorted(found.values(), key=lambda ddp: ddp_modules.known[ddp])
 
 
 class Averaging:
