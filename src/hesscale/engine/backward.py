@@ -21,6 +21,7 @@ from torch import Tensor
 from hesscale.engine import distributed
 from hesscale.engine import graph as graphs
 from hesscale.engine.call import NodeCall
+from hesscale.engine.hooks import GradientWatch
 from hesscale.engine.registry import RULES
 from hesscale.errors import HesScaleError
 from hesscale.hook_warning import hook_warning_hidden
@@ -85,13 +86,16 @@ class DiagonalBackward:
         retain_graph: bool | None,
         gradient: Tensor | None = None,
     ) -> None:
+        # non-leaf tensors named in inputs=: they get the diagonal their producer receives
+        self.captured = {(t.grad_fn, t.output_nr): t for t in inputs or () if t.grad_fn is not None}
+        targets = [*self.graph.leaves.values(), *self.captured.values()]
         self.accumulates = [
-            {id(leaf) for leaf in self.graph.leaves.values() if _continues(leaf, variant)}
-            for variant in self.variants
+            {id(t) for t in targets if _continues(t, variant)} for variant in self.variants
         ]
         # reshuffles run in their consumers' hooks; not with inputs=, where autograd may skip
         # a reshuffle whose input needs no gradient for these inputs
         self.reshuffles = self.graph.reshuffles if inputs is None else {}
+        self.watch = GradientWatch()
         handles = [
             node.register_hook(self._hook_for(node))
             for node in self.graph.edges
@@ -104,6 +108,11 @@ class DiagonalBackward:
         finally:
             for handle in handles:
                 handle.remove()
+        self.watch.check_sums()
+        for v, pending in enumerate(self.pending):  # inputs= whose producer did not run
+            for key, t in self.captured.items():
+                if id(t) not in self.leaf_diagonals[v]:
+                    self._add_to_leaf(v, t, pending.pop(key, None))
         self._write_leaves()
         if distributed.active():
             distributed.average_over_ranks(self.graph.leaves.values(), self.variants)
@@ -113,19 +122,33 @@ class DiagonalBackward:
     def _hook_for(self, node: Node):
         rule = self.graph.rules[node]
         edges = self.graph.edges[node]
-        leaves, reshuffles = self.graph.leaves, self.reshuffles
+        leaves, reshuffles, watch = self.graph.leaves, self.reshuffles, self.watch
+        captured = self.captured
         variants = [
             (pending, variant == "hesscale" or node not in self.network, v)
             for v, (variant, pending) in enumerate(zip(self.variants, self.pending, strict=True))
         ]
 
         def hook(grad_inputs: tuple, grad_outputs: tuple) -> None:
+            watch.arrive(node, grad_inputs, grad_outputs)
+            for (child, nr), grad in zip(edges, grad_inputs, strict=True):
+                if grad is None or child is None or child in leaves:
+                    continue
+                if child in reshuffles:
+                    while child in reshuffles and child is not None:
+                        child, nr = reshuffles[child]
+                    watch.send_unchecked((child, nr))
+                else:
+                    watch.send((child, nr), grad)
             n_out = len(grad_outputs)
             for pending, second_order, v in variants:
                 if n_out == 1:
                     h_out = (pending.pop((node, 0), None),)
                 else:
                     h_out = tuple(pending.pop((node, j), None) for j in range(n_out))
+                for j, h in enumerate(h_out) if captured else ():
+                    if (node, j) in captured and grad_outputs[j] is not None:
+                        self._add_to_leaf(v, captured[(node, j)], h)
                 h_in = _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order)
                 for (child, nr), h, grad in zip(edges, h_in, grad_inputs, strict=True):
                     if grad is None or child is None:
@@ -168,14 +191,30 @@ class DiagonalBackward:
 
 
 def _continues(leaf: Tensor, variant: str) -> bool:
-    """Whether this pass adds to ``leaf.<variant>``: it was written together with the gradient
-    ``leaf.grad`` holds now (same tensor, unchanged since), so both accumulate. After
-    ``zero_grad()`` (set to None, or zeroed in place) or any other change of the gradient the
-    diagonal starts afresh."""
+    """Whether this pass adds to ``leaf.<variant>``, keeping it paired with ``leaf.grad``.
+
+    True if the diagonal was written together with the gradient ``leaf.grad`` holds now (same
+    tensor, unchanged since): both accumulate. False after ``zero_grad()`` (the gradient set to
+    None, or zeroed in place) or when the diagonal was never written: it starts afresh, as the
+    gradient does. Any other change of the gradient since (``clip_grad_norm_``, a plain
+    ``loss.backward()``, an optimizer's in-place change) would leave the accumulated gradient
+    and diagonal describing different sums, so it raises HesScaleError."""
     previous = getattr(leaf, variant, None)
     if previous is None or leaf.grad is None:
         return False
-    return getattr(previous, "_hesscale_grad_stamp", None) == grad_stamp(leaf.grad)
+    stamp = getattr(previous, "_hesscale_grad_stamp", None)
+    if stamp is None or stamp == grad_stamp(leaf.grad):
+        return stamp is not None
+    if leaf.grad.is_meta or not leaf.grad.any():  # zero_grad(set_to_none=False)
+        return False
+    raise HesScaleError(
+        f"A tensor of shape {tuple(leaf.shape)} holds a gradient that changed since "
+        f"hesscale.backward last wrote its .{variant} (an in-place change such as "
+        "clip_grad_norm_ or GradScaler.unscale_, or a plain loss.backward() in between), so "
+        "accumulating into both would pair a gradient and a diagonal of different sums. Call "
+        f"zero_grad() before the next accumulation, clip after the last micro-batch, or delete "
+        f"the tensor's .{variant} to start the diagonal afresh."
+    )
 
 
 def _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order: bool) -> list:

@@ -14,7 +14,13 @@ from torch import Tensor
 
 from hesscale.engine.registry import RULES
 from hesscale.errors import HesScaleError, UnsupportedOperationError
-from hesscale.internals import accumulated_variable, forward_traceback
+from hesscale.internals import (
+    accumulated_variable,
+    forward_traceback,
+    output_count,
+    output_dtype,
+    saved_under_checkpoint,
+)
 
 Node = torch.autograd.graph.Node
 Edge = tuple[Node, int]
@@ -62,8 +68,24 @@ class Graph:
         self.has_module_hooks = False
         self.rules = {}
         self.reshuffles = {}
+        for leaf in self.leaves.values():
+            if leaf.is_complex():
+                raise UnsupportedOperationError(_complex_message(f"a leaf of dtype {leaf.dtype}"))
         for node in self.edges:
             name = node.name()
+            for i in range(output_count(node)):
+                if output_dtype(node, i).is_complex:
+                    raise UnsupportedOperationError(
+                        _complex_message(f"{name}, reached through {self.path_to(node)}")
+                    )
+            if saved_under_checkpoint(node):
+                raise UnsupportedOperationError(
+                    f"The autograd operation {name} (reached through {self.path_to(node)}) was "
+                    "recorded under activation checkpointing (torch.utils.checkpoint with "
+                    "use_reentrant=False), which lets each saved tensor be read only once, by "
+                    "autograd; HesScale needs them too. Nothing has been computed. Run that "
+                    "block without checkpointing for the passes that need diagonals."
+                )
             self.has_module_hooks |= name == "BackwardHookFunctionBackward"
             if name in RESHUFFLES and len(self.edges[node]) == 1:
                 self.reshuffles[node] = self.edges[node][0]
@@ -81,6 +103,8 @@ class Graph:
             )
             if name in OPAQUE_NODES:
                 message += " " + OPAQUE_NODES[name]
+            if name in WITHOUT_RULE:
+                message += " " + WITHOUT_RULE[name]
             traceback = forward_traceback(node)
             if traceback:
                 message += f"\nIt was recorded in the forward pass at:\n{traceback.rstrip()}"
@@ -94,6 +118,15 @@ class Graph:
                 "autograd.Function can get a rule with hesscale.engine.register."
             )
             raise UnsupportedOperationError(message)
+
+
+def _complex_message(where: str) -> str:
+    return (
+        f"HesScale does not support complex tensors (found {where}): the diagonal of a real "
+        "loss's Hessian w.r.t. complex entries needs their real and imaginary parts treated "
+        "separately, which no rule does. Nothing has been computed. Work with real tensors "
+        "(e.g. torch.view_as_real) for the parts that need diagonals."
+    )
 
 
 # One input, one output, each output entry a copy of one input entry (views, transposes,
@@ -128,6 +161,26 @@ OPAQUE_NODES = {
         "It stands for a block under reentrant activation checkpointing "
         "(torch.utils.checkpoint with use_reentrant=True), whose operations autograd records "
         "only during the backward pass. Run that block without checkpointing."
+    ),
+}
+
+
+# Operations left without a rule on purpose, and why (docs/supported.md lists them).
+_GRID_SAMPLE = (
+    "F.grid_sample has no rule: its diagonal w.r.t. the input needs the squared bilinear "
+    "weights scattered back (a kernel of its own, not yet written) and w.r.t. the grid the "
+    "derivatives of the interpolation. Use F.interpolate (which has rules) where the grid is "
+    "regular, or detach the grid and sample by index."
+)
+WITHOUT_RULE = {
+    "GridSampler2DBackward0": _GRID_SAMPLE,
+    "GridSampler3DBackward0": _GRID_SAMPLE,
+    "CudnnGridSamplerBackward0": _GRID_SAMPLE,
+    "CtcLossBackward0": (
+        "F.ctc_loss has no rule: its exact curvature needs a second forward-backward pass over "
+        "the alignment lattice, costing more than the rest of the pass, and torch cannot "
+        "differentiate its backward to check one against. Compute diagonals with a loss that "
+        "has a rule (e.g. cross-entropy on aligned targets) where you need them."
     ),
 }
 

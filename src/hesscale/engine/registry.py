@@ -46,13 +46,21 @@ def register(*names: str, check: Check | None = None) -> Callable[[Rule], Rule]:
     return decorate
 
 
+def display_name(name: str) -> str:
+    """A node's name without the ``torch::autograd::`` prefix that ``grad_fn.name()`` gives
+    a few of torch's own nodes (``CopySlices``, ``CopyBackwards``, ...)."""
+    return name.removeprefix("torch::autograd::")
+
+
 def supported_operations() -> dict[str, list[str]]:
-    """The autograd nodes ``hesscale.backward`` handles, grouped by family (sorted)."""
+    """The autograd nodes ``hesscale.backward`` handles, grouped by family (sorted), by the
+    names ``type(loss.grad_fn).__name__`` gives (``grad_fn.name()`` adds
+    ``torch::autograd::`` to a few of torch's own, e.g. ``CopySlices``)."""
     from hesscale.engine import ops  # noqa: F401  (registers every rule)
 
     families: dict[str, list[str]] = {}
     for name, entry in RULES.items():
-        families.setdefault(entry.family, []).append(name)
+        families.setdefault(entry.family, []).append(display_name(name))
     return {family: sorted(names) for family, names in sorted(families.items())}
 
 
@@ -62,6 +70,6 @@ def supported_operations_markdown() -> str:
     print(m())"``; a test checks the README holds exactly this)."""
     lines = []
     for family, names in supported_operations().items():
-        shown = ", ".join(f"`{name.removeprefix('torch::autograd::')}`" for name in names)
+        shown = ", ".join(f"`{name}`" for name in names)
         lines.append(f"- **{family}** ({len(names)}): {shown}")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from hesscale.rules.precision import promote, upcast, working_dtype
+from hesscale.rules.softmax import complement
 
 
 def _reduce_scale(reduction: str, normaliser: Tensor | float) -> Tensor | float:
@@ -37,7 +38,8 @@ def cross_entropy_diag(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
 ) -> Tensor:
-    """Softmax cross-entropy, classes along dim 1: h = c * (p - p^2) / normaliser.
+    """Softmax cross-entropy, classes along dim 1: h = c * p (1 - p) / normaliser (1 - p
+    without cancellation: rules.softmax.complement).
 
     The Hessian of -log p_c w.r.t. the logits is diag(p) - p p^T for every class c, so any
     mixture of classes (probability targets, label smoothing, class weights) only scales it by
@@ -65,7 +67,7 @@ def cross_entropy_diag(
             label_smoothing / num_classes * class_weight.sum()
         )
         normaliser = target_weight.sum()
-    h = coefficient.unsqueeze(1) * (probs - probs.square())
+    h = coefficient.unsqueeze(1) * probs * complement(probs, 1)
     h = h * _reduce_scale(reduction, normaliser)
     return h.squeeze(0) if unbatched else h
 
@@ -95,11 +97,11 @@ def bce_with_logits_diag(
     pos_weight: Tensor | None = None,
 ) -> Tensor:
     """-w [q y log s + (1 - y) log(1 - s)], s = sigmoid(x), q = pos_weight:
-    h = w s (1 - s) (q y + 1 - y). Torch requires ``target`` of the logits' shape and ``weight``,
-    ``pos_weight`` that broadcast to it, so the loss has the logits' shape."""
+    h = w s (1 - s) (q y + 1 - y), with 1 - s = sigmoid(-x) (no cancellation where s is near 1).
+    Torch requires ``target`` of the logits' shape and ``weight``, ``pos_weight`` that broadcast
+    to it, so the loss has the logits' shape."""
     logits, target, weight, pos_weight = promote(logits, target, weight, pos_weight)
-    s = torch.sigmoid(logits)
-    h = s * (1 - s)
+    h = torch.sigmoid(logits) * torch.sigmoid(-logits)
     if pos_weight is not None:
         h = h * (pos_weight * target + 1 - target)
     if weight is not None:
@@ -158,12 +160,13 @@ def bce_with_logits_derivatives(
     scale: float,
 ) -> tuple[Tensor, Tensor]:
     """l = -c w [q y log s + (1 - y) log(1 - s)], s = sigmoid(x), q = pos_weight:
-    dl/dx = c w ((q y + 1 - y) s - q y), d^2l/dx^2 = c w (q y + 1 - y) s (1 - s)."""
+    dl/dx = c w ((q y + 1 - y) s - q y), d^2l/dx^2 = c w (q y + 1 - y) s (1 - s), with
+    1 - s = sigmoid(-x)."""
     s = torch.sigmoid(logits)
     q_y = target if pos_weight is None else pos_weight * target
     mix = q_y + 1 - target
     factor = scale if weight is None else scale * weight
-    return factor * (mix * s - q_y), factor * mix * s * (1 - s)
+    return factor * (mix * s - q_y), factor * mix * s * torch.sigmoid(-logits)
 
 
 def bce_with_logits_target_derivative(
@@ -225,9 +228,9 @@ def soft_margin_derivatives(
     prediction: Tensor, target: Tensor, scale: float
 ) -> tuple[Tensor, Tensor]:
     """c log(1 + exp(-y x)): with s = sigmoid(y x), dl/dx = -c y (1 - s),
-    d^2l/dx^2 = c y^2 s (1 - s)."""
+    d^2l/dx^2 = c y^2 s (1 - s), with 1 - s = sigmoid(-y x)."""
     s = torch.sigmoid(target * prediction)
-    not_s = 1 - s
+    not_s = torch.sigmoid(-target * prediction)
     return -scale * target * not_s, scale * target.square() * s * not_s
 
 

@@ -37,6 +37,11 @@ ZERO_ONE_JACOBIAN = (
     "ExpandBackward0",
     "CloneBackward0",
     "AsStridedBackward0",
+    "AsStridedBackward1",  # as_strided of a non-contiguous input (adaptive pooling of a view)
+    "Im2ColBackward0",  # F.unfold: every output entry is one input entry (or padding)
+    "Col2ImBackward0",  # F.fold: every input entry is summed into one output entry
+    "DiagEmbedBackward0",
+    "Rot90Backward0",
     "DiagonalBackward0",
     "UnfoldBackward0",
     # selecting and copying entries
@@ -95,6 +100,9 @@ ZERO_ONE_JACOBIAN = (
     "HardshrinkBackward0",
     "SoftshrinkBackward0",  # x -+ lambda outside [-lambda, lambda], 0 inside
     "FracBackward0",  # x - trunc(x): slope 1
+    "RemainderBackward0",  # x - floor(x / c) c for a number c: slope 1
+    "FmodBackward0",  # x - trunc(x / c) c: slope 1
+    "NanToNumBackward0",  # finite entries passed, NaN and infinities replaced by constants
 )
 
 
