@@ -134,14 +134,29 @@ def test_confident_logsumexp():
 # float32 overflow ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("route", ["engine", "backpack"])
+@pytest.mark.parametrize(
+    "route", ["engine", "backpack", "conv", "grouped-conv", "transposed-conv", "matmul"]
+)
 def test_an_overflowing_square_meets_a_zero_diagonal(route):
     """Issue 17: x * 1e19 through Linear and a saturated tanh: the gradient is 0 and so is the
     exact diagonal, but x^2 overflows float32 and h (0) * x^2 (inf) gave NaN."""
     torch.manual_seed(0)
     layer = nn.Linear(4, 3)
     x = torch.randn(2, 4) * 1e19
-    if route == "engine":
+    if route in ("conv", "grouped-conv", "transposed-conv"):
+        layer = {
+            "conv": nn.Conv2d(2, 4, 3),
+            "grouped-conv": nn.Conv2d(4, 6, 3, groups=2),
+            "transposed-conv": nn.ConvTranspose2d(2, 4, 3),
+        }[route]
+        x = torch.randn(1, layer.in_channels, 5, 5) * 1e19
+        hesscale.backward(torch.tanh(layer(x)).sum())
+    elif route == "matmul":
+        w = layer.weight.detach().T.clone().requires_grad_()
+        hesscale.backward(torch.tanh(x @ w).sum())
+        assert (w.grad == 0).all() and torch.equal(w.hesscale, torch.zeros_like(w))
+        return
+    elif route == "engine":
         hesscale.backward(torch.tanh(layer(x)).sum())
     else:
         model = extend(nn.Sequential(layer, nn.Tanh(), nn.Linear(3, 1)))
