@@ -173,3 +173,14 @@ def test_the_experiments_package_names_its_extra_when_a_package_is_missing():
     assert result.returncode == 2, result.stderr
     assert "needs tqdm" in result.stderr and "hesscale[experiments]" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_run_without_its_data_writes_nothing(tmp_path, monkeypatch, capsys):
+    """Issue 17: `hesscale run --task mnist` with no data exited 1 but left a `failed` log."""
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--task", "mnist", "--network", "fc_tanh_small", "--learner", "sgd"]
+    args += ["--lr", "0.01", "--steps", "2", "--data-dir", str(tmp_path / "none")]
+    assert cli.main([*args, "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MNIST training data was not found" in err[0]
+    assert list(tmp_path.iterdir()) == []

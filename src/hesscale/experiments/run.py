@@ -330,8 +330,13 @@ def run_and_log(
     stop: StopFlag | None = None,
     force: bool = False,
     command: list[str] | None = None,
+    log_missing_data: bool = True,
 ) -> dict[str, Any]:
     """Train unless ``out`` already holds a complete log; leave a log at ``out``.
+
+    Data that is not there (DatasetNotFoundError while setting up) is logged as a failed run,
+    as in a sweep, or raised with nothing written (``log_missing_data=False``, ``hesscale
+    run``).
 
     Settings that cannot run raise ValueError before anything is written (``validate``).
     A preempted run leaves its checkpoint at ``<out>.ckpt`` and continues from it next time.
@@ -373,6 +378,11 @@ def run_and_log(
         log = trainer.run()
     except ComponentError:
         raise  # a task, network or learner that cannot be used: nothing is written
+    except FileNotFoundError as error:
+        if log_missing_data or type(error).__name__ != "DatasetNotFoundError":
+            log = failed_log(config, error)
+        else:
+            raise
     except KeyboardInterrupt as error:
         partial = getattr(error, "partial_log", None)
         if partial is not None:
@@ -566,12 +576,21 @@ def main(args: argparse.Namespace) -> int:
     command = ["hesscale", "run", *sys.argv[2:]] if sys.argv[1:2] == ["run"] else None
     try:
         log = run_and_log(
-            config, out, progress=not args.no_progress, stop=stop, force=args.force, command=command
+            config,
+            out,
+            progress=not args.no_progress,
+            stop=stop,
+            force=args.force,
+            command=command,
+            log_missing_data=False,
         )
     except (StaleLogError, ComponentError, ValueError) as error:  # before anything ran
         show_cause(error)
         print(f"hesscale run: {error}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
+    except FileNotFoundError as error:  # the data is not there: nothing was written
+        print(f"hesscale run: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         where = f"; {out} records how far it got" if out.exists() else ""
         print(
