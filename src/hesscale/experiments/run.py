@@ -251,11 +251,14 @@ def build_trainer(
     }
     # a step that consumes several units of --steps (an RL rollout: environment steps)
     per_step = getattr(stepper, "units_per_step", 1)
+    unit = getattr(stepper, "unit", "steps")
     if config.steps < per_step:
         raise ValueError(
             f"--steps {config.steps} is less than one step of task '{parts.task.label}' "
-            f"({per_step} {getattr(stepper, 'unit', 'steps')})."
+            f"({per_step} {unit})."
         )
+    if per_step != 1:  # the log says how to read steps_done in what --steps counts
+        header["step_unit"] = {"unit": unit, "per_step": per_step}
     return Trainer(
         stepper,
         steps=config.steps // per_step,
@@ -612,7 +615,11 @@ def main(args: argparse.Namespace) -> int:
             print(log["traceback"], file=sys.stderr)  # a bug, not a bad setting: show where
         print(f"hesscale run: {log['message']} (log: {out})", file=sys.stderr)
         return EXIT_FAILED
-    summary = f"{out}: {status} after {log['steps_done']} steps in {log['wall_time_s']:.1f} s"
+    done = f"{log['steps_done']} steps"
+    if log.get("step_unit"):  # e.g. RL: --steps counts environment steps, a step is a rollout
+        per_step, unit = log["step_unit"]["per_step"], log["step_unit"]["unit"]
+        done = f"{log['steps_done'] * per_step} {unit} ({log['steps_done']} updates)"
+    summary = f"{out}: {status} after {done} in {log['wall_time_s']:.1f} s"
     if log.get("loss"):
         summary += f", last loss {log['loss'][-1]:.4f}, accuracy {log['accuracy'][-1]:.3f}"
     returns = [r for r in log.get("return", []) if r is not None and math.isfinite(r)]
