@@ -184,3 +184,12 @@ def test_a_run_without_its_data_writes_nothing(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "MNIST training data was not found" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_help_opens_with_what_a_user_needs(capsys):
+    """Issue 17: `hesscale sweep --help` opened with internal module notes."""
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--help"])
+    text = capsys.readouterr().out
+    description = text.split("\n\n", 2)[1]
+    assert description.startswith("SPEC is a TOML file") and "Modules:" not in text
