@@ -193,3 +193,14 @@ def test_sweep_help_opens_with_what_a_user_needs(capsys):
     text = capsys.readouterr().out
     description = text.split("\n\n", 2)[1]
     assert description.startswith("SPEC is a TOML file") and "Modules:" not in text
+
+
+def test_names_ignore_case_and_typos_get_a_suggestion(tmp_path, capsys):
+    """Issue 17: `--learner AdaHesScale` was refused, and typos got no "did you mean"."""
+    common = ["run", "--task", "Digits", "--network", "fc_tanh_small", "--lr", "0.01"]
+    common += ["--steps", "1", "--no-progress"]
+    out = tmp_path / "log.json"
+    assert cli.main([*common, "--learner", "AdaHesScale", "--out", str(out)]) == 0
+    assert '"learner": "adahesscale"' in out.read_text()
+    assert cli.main([*common, "--learner", "adahescale", "--out", str(tmp_path / "b")]) == 2
+    assert "Did you mean 'adahesscale'" in capsys.readouterr().err
