@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hesscale.rules.matmul import SQUARE_SAFE
 from hesscale.rules.precision import promote, upcast
 
 
@@ -110,8 +111,10 @@ def conv_diagonals(
     n = len(geometry.stride)
     symmetric, excess = _split_padding(geometry)
     pads = any(before or after for before, after in excess)
-    if wants_weight:  # x^2 = (x / c)^2 c^2 per input channel: no overflow to meet h = 0
-        channel_max = x.abs().amax([0, *range(2, x.dim())]) if x.numel() else x.new_ones(1)
+    if wants_weight:  # x^2 = (x / c)^2 c^2 per input channel (rules.matmul.scaled_square)
+        channel_max = (
+            x.abs().amax([0, *range(2, x.dim())]).div_(SQUARE_SAFE) if x.numel() else x.new_ones(1)
+        )
         channel_max = channel_max.clamp_(min=1).expand(x.shape[1])
         x = (x / channel_max.view(1, -1, *[1] * n)).square_()
         if pads:
@@ -132,7 +135,7 @@ def conv_diagonals(
     )  # fmt: skip
     if h_weight is not None:
         factor = _per_weight_entry(channel_max, h_weight.shape, geometry)
-        h_weight = h_weight.mul_(factor).mul_(factor)
+        h_weight = h_weight.mul_(factor.square().clamp_(max=torch.finfo(factor.dtype).max))
     if taps is not None and h_weight is not None:  # the other taps only ever read zeros
         cropped, h_weight = h_weight, h_weight.new_zeros(full_weight_shape)
         h_weight[(slice(None), slice(None), *taps.kernel)] = cropped
