@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,3 +259,31 @@ def test_default_sized_networks_with_mse_in_float32(tmp_path, network):
     zero = errors[:, :, methods.index("Zero"), -1]
     for method in ("HesScale", "HesScaleGN", "GGN"):  # MSE, linear head: exact there too
         assert np.all(errors[:, :, methods.index(method), -1] < 1e-5 * zero), method
+
+
+def test_results_are_never_overwritten_silently(tmp_path, capsys):
+    """Issue 17: two approx-quality runs shared results/approx-quality. A folder that holds
+    results is refused without --force."""
+    assert run_cli(tmp_path) == 0
+    assert run_cli(tmp_path) == 2
+    assert "already holds results" in capsys.readouterr().err
+    assert run_cli(tmp_path, "--force") == 0
+
+
+def test_a_failed_download_says_so_in_one_line_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    """Issue 17: `approx-quality --download` without network ended in a raw traceback and left
+    an empty MNIST/raw folder behind."""
+    import torchvision.datasets
+
+    def offline(self, root, **kwargs):
+        (Path(root) / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
+        print("Tried https://example.invalid/mnist/, got:")
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n<urlopen error offline>")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "__init__", offline)
+    data = tmp_path / "data"
+    args = ["approx-quality", "--data", "mnist", "--download", "--data-dir", str(data)]
+    assert main([*args, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not be downloaded" in err[0] and "urlopen error" in err[0]
+    assert not data.exists()

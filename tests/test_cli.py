@@ -173,3 +173,34 @@ def test_the_experiments_package_names_its_extra_when_a_package_is_missing():
     assert result.returncode == 2, result.stderr
     assert "needs tqdm" in result.stderr and "hesscale[experiments]" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_run_without_its_data_writes_nothing(tmp_path, monkeypatch, capsys):
+    """Issue 17: `hesscale run --task mnist` with no data exited 1 but left a `failed` log."""
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--task", "mnist", "--network", "fc_tanh_small", "--learner", "sgd"]
+    args += ["--lr", "0.01", "--steps", "2", "--data-dir", str(tmp_path / "none")]
+    assert cli.main([*args, "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MNIST training data was not found" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_help_opens_with_what_a_user_needs(capsys):
+    """Issue 17: `hesscale sweep --help` opened with internal module notes."""
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--help"])
+    text = capsys.readouterr().out
+    description = text.split("\n\n", 2)[1]
+    assert description.startswith("SPEC is a TOML file") and "Modules:" not in text
+
+
+def test_names_ignore_case_and_typos_get_a_suggestion(tmp_path, capsys):
+    """Issue 17: `--learner AdaHesScale` was refused, and typos got no "did you mean"."""
+    common = ["run", "--task", "Digits", "--network", "fc_tanh_small", "--lr", "0.01"]
+    common += ["--steps", "1", "--no-progress"]
+    out = tmp_path / "log.json"
+    assert cli.main([*common, "--learner", "AdaHesScale", "--out", str(out)]) == 0
+    assert '"learner": "adahesscale"' in out.read_text()
+    assert cli.main([*common, "--learner", "adahescale", "--out", str(tmp_path / "b")]) == 2
+    assert "Did you mean 'adahesscale'" in capsys.readouterr().err

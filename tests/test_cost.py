@@ -94,8 +94,9 @@ def test_a_failing_method_is_reported_not_fatal(monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
-def test_cuda_without_a_gpu_skips_with_a_clear_message(tmp_path, capsys):
-    assert cli(["cost", *TINY, "--device", "cuda", "--out", str(tmp_path)]) == 0
+def test_cuda_without_a_gpu_fails_with_a_clear_message(tmp_path, capsys):
+    """Issue 17: it said nothing was measured but exited 0."""
+    assert cli(["cost", *TINY, "--device", "cuda", "--out", str(tmp_path)]) == 1
     assert "CUDA is not available" in capsys.readouterr().err
     assert not (tmp_path / "cost.csv").exists()
 
@@ -154,3 +155,45 @@ def test_cost_plot_puts_outliers_in_their_own_panel_and_names_the_setting(tmp_pa
     strong = report.line_style("HesScale", "curvature", 0)
     muted = report.line_style("DiagGGNMC", "curvature", 0)
     assert strong["linewidth"] > muted["linewidth"] and strong["zorder"] > muted["zorder"]
+
+
+def test_a_failure_part_way_keeps_what_was_measured_and_ends_with_one_line(
+    monkeypatch, tmp_path, capsys
+):
+    """Issue 17: `hesscale cost --model gpt` crashed part-way with a traceback, losing what it
+    had measured."""
+    real = measure.measure
+    from hesscale.experiments.cost import cli as cost_cli
+
+    def fails_at_width_16(config, *args, **kwargs):
+        if config.width == 16:
+            raise RuntimeError("a model that cannot run\n  with details below")
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(cost_cli, "measure", fails_at_width_16)
+    args = [*TINY, "--widths", "8", "16", "--methods", "forward+backward", "--no-memory"]
+    assert cli(["cost", *args, "--out", str(tmp_path), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "hesscale cost: stopped: RuntimeError: a model that cannot run; the 1 results "
+        f"measured before it are in {tmp_path}."
+    ]
+    assert len(json.loads((tmp_path / "cost.json").read_text())) == 1
+
+
+def test_settings_a_model_cannot_take_end_in_one_line(tmp_path, capsys):
+    """Issue 17: `hesscale cost --model resnet18 --widths 32` ended in a raw traceback."""
+    assert cli(["cost", "--model", "resnet18", "--widths", "32", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "width" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "cost.json").exists()
+
+
+def test_results_are_never_overwritten_silently(tmp_path, capsys):
+    """Issue 17: every `hesscale cost` command wrote results/cost. The default folder is
+    results/cost/MODEL, and a folder that holds results is refused without --force."""
+    args = ["cost", *TINY, "--methods", "forward+backward", "--no-memory", "--quiet"]
+    assert cli([*args, "--out", str(tmp_path)]) == 0
+    assert cli([*args, "--out", str(tmp_path)]) == 2
+    assert "already holds results" in capsys.readouterr().err
+    assert cli([*args, "--out", str(tmp_path), "--force"]) == 0

@@ -85,6 +85,15 @@ CASES = [
     ("reshape-alias", lambda x: aten._reshape_alias(x, [12], [1]), (r(3, 4),), None),
     ("alias", lambda x: aten.alias(x), (r(3, 4),), None),
     ("as-strided-overlapping", lambda x: x.as_strided((3, 3), (1, 1)), (r(6),), None),
+    ("unfold-im2col", lambda x: F.unfold(x, 2, padding=1, stride=2), (r(1, 2, 3, 4),), None),
+    ("fold-col2im", lambda x: F.fold(x, (3, 4), 2), (r(1, 4, 6),), None),
+    ("diag-embed", lambda x: torch.diag_embed(x, 1), (r(2, 3),), None),
+    ("rot90", lambda x: torch.rot90(x, 1, (0, 1)), (r(2, 3),), None),
+    ("trilinear-bilinear-layer", lambda a, w, b: torch._trilinear(
+        a, w, b, [1, 3], [0], [1, 2], [2, 3]), (r(5, 3), r(2, 3, 4), r(5, 4)), None),
+    ("trilinear-bilinear-weight-only", lambda a, w, b: torch._trilinear(
+        a, w, b, [1, 3], [0], [1, 2], [2, 3]), (r(5, 3), r(2, 3, 4), r(5, 4)),
+     (False, True, False)),
     ("squeeze-dims", lambda x: x.squeeze((0, 2)), (r(1, 3, 1),), None),
     ("masked-select", lambda x: x.masked_select(MASK), (r(3, 4),), None),
     ("take", lambda x: x.take(torch.tensor([0, 5, 5])), (r(3, 4),), None),
@@ -162,6 +171,9 @@ def test_rule_matches_definition(fn, inputs, grad):
 
 # nodes that no single operation on leaves records, and the test that checks each
 COVERED_ELSEWHERE = {
+    "AsStridedBackward1": (
+        "test_engine_reliability_round2.py::test_adaptive_pooling_over_tokens_of_a_transposed_tensor"
+    ),
     "_DDPSinkBackward": (
         "test_distributed.py::test_under_ddp[_no_sync_accumulates_and_unused_parameters]"
     ),

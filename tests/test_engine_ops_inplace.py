@@ -362,7 +362,7 @@ def test_writes_with_curvature_restrict_to_the_view_through_its_recorded_chain()
 def test_an_unsupported_in_place_operation_on_a_view_is_named():
     x = r(3, 4).requires_grad_(True)
     h = x * 1
-    h[:, 1:].digamma_()
-    with pytest.raises(UnsupportedOperationError, match="wraps the in-place operation Digamma"):
+    h[:, 1:].i0_()
+    with pytest.raises(UnsupportedOperationError, match="wraps the in-place operation I0"):
         hesscale.backward(h.sum())
     assert x.grad is None

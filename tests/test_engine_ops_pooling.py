@@ -97,6 +97,21 @@ CASES = [
      (r(1, 2, 2, 3),), None),
     ("upsample-nearest-exact3d", lambda x: F.interpolate(
         x, scale_factor=(2, 1.5, 1), mode="nearest-exact"), (r(1, 2, 2, 2, 2),), None),
+    # interpolation (separable linear maps, issue 17)
+    ("interpolate-linear", lambda x: F.interpolate(x, size=7, mode="linear"), (r(1, 2, 5),),
+     None),
+    ("interpolate-linear-align", lambda x: F.interpolate(
+        x, scale_factor=1.7, mode="linear", align_corners=True), (r(2, 1, 4),), None),
+    ("interpolate-bilinear", lambda x: F.interpolate(x, size=(5, 7), mode="bilinear"),
+     (r(1, 2, 3, 4),), None),
+    ("interpolate-bilinear-down", lambda x: F.interpolate(x, size=(2, 3), mode="bilinear"),
+     (r(1, 2, 5, 4),), None),
+    ("interpolate-bicubic", lambda x: F.interpolate(x, scale_factor=1.5, mode="bicubic"),
+     (r(1, 2, 3, 4),), None),
+    ("interpolate-bicubic-align", lambda x: F.interpolate(
+        x, size=(4, 5), mode="bicubic", align_corners=True), (r(1, 2, 3, 4),), None),
+    ("interpolate-trilinear", lambda x: F.interpolate(
+        x, scale_factor=(1.7, 2, 0.8), mode="trilinear"), (r(1, 1, 2, 3, 4),), None),
     ("pixel-shuffle", lambda x: F.pixel_shuffle(x, 2), (r(2, 8, 2, 3),), None),
     ("pixel-unshuffle", lambda x: F.pixel_unshuffle(x, 2), (r(2, 2, 4, 2),), None),
     ("channel-shuffle", lambda x: F.channel_shuffle(x, 3), (r(2, 6, 2, 2),), None),

@@ -265,3 +265,17 @@ def test_what_hesscale_reads_from_distributed_data_parallel(tmp_path):
     finally:
         gc.collect()
         dist.destroy_process_group()
+
+
+def test_saved_under_checkpoint_tells_non_reentrant_checkpointing_apart():
+    """A node saved under torch.utils.checkpoint(use_reentrant=False) carries the unpack hook
+    of torch's _checkpoint_hook; one outside does not, nor one under other saved-tensor hooks."""
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.randn(3, requires_grad=True)
+    inside = checkpoint(torch.tanh, x * 2, use_reentrant=False)
+    assert internals.saved_under_checkpoint(inside.grad_fn)
+    assert not internals.saved_under_checkpoint(torch.tanh(x).grad_fn)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        assert not internals.saved_under_checkpoint(torch.tanh(x).grad_fn)
+    assert not internals.saved_under_checkpoint((x + 1).grad_fn)  # saves no tensor

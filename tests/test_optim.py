@@ -585,6 +585,27 @@ def test_closure_must_return_the_loss():
         opt.step(lambda: torch.tensor(1.0))
 
 
+def test_a_closure_that_runs_backward_itself_is_told_what_is_wrong():
+    """Issue 17: the error asked for a closure that returns the loss, which the user's closure
+    did; what is wrong is its own loss.backward()."""
+    x, y = logistic_data()
+    model, loss_fn = linear_model()
+    opt = AdaHesScale(model.parameters())
+
+    def closure():
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        return loss
+
+    with pytest.raises(HesScaleError, match="closure ran the backward pass itself") as error:
+        opt.step(closure)
+    assert "returns the loss" not in str(error.value)
+    opt.zero_grad()
+    loss_fn(model(x), y).backward()  # without a closure: the usual advice
+    with pytest.raises(HesScaleError, match="hesscale.backward"):
+        opt.step()
+
+
 def test_adahessian_needs_the_gradient_graph():
     x, y = logistic_data()
     model, loss_fn = linear_model()

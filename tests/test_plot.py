@@ -107,3 +107,41 @@ def test_task_and_network_options_tell_runs_apart_and_logs_without_them_pool(tmp
     groups = collect(tmp_path)
     sizes = sorted(len(learners["sgd"][0].logs) for learners in groups.values())
     assert sizes == [1, 2]  # the two seeds of "a" pool; "b" has another network option
+
+
+@pytest.mark.parametrize("count", [4, 12])
+def test_step_size_tick_labels_are_short_and_never_overlap(count):
+    """Issue 17: with more than 8 step sizes the sensitivity plot's x labels piled up
+    ("0.0000000039..."), and the y labels overlapped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hesscale.experiments.plot_style import plain_log_ticks
+
+    lrs = [3.9e-9 * 10 ** (9 * i / (count - 1)) for i in range(count)]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(lrs, [10 ** (i % 5) * 0.37 for i in range(count)], "o")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain_log_ticks(ax.xaxis, lrs if count <= 8 else None)
+    plain_log_ticks(ax.yaxis)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for axis in (ax.xaxis, ax.yaxis):
+        low, high = sorted(axis.get_view_interval())
+        shown = [
+            tick.label1
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+            if tick.label1.get_visible()
+            and tick.label1.get_text()
+            and low * 0.999 <= tick.get_loc() <= high * 1.001
+        ]
+        texts = [label.get_text() for label in shown]
+        assert len(shown) >= 3, texts
+        assert all(len(text) <= 7 for text in texts), texts
+        boxes = [label.get_window_extent(renderer) for label in shown]
+        for i, box in enumerate(boxes):
+            assert not any(box.overlaps(other) for other in boxes[i + 1 :]), texts
+    plt.close(fig)

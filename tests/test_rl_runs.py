@@ -311,3 +311,15 @@ def test_shipped_rl_specs_are_valid():
                 "adahesscalegn_scaled",
             }  # fmt: skip
             assert spec["seeds"] == list(range(10)) and config.steps == 1_000_000
+
+
+def test_the_summary_counts_environment_steps_as_steps_does(tmp_path, capsys):
+    """Issue 17: RL runs count --steps in environment steps but printed "finished after 2
+    steps" (rollouts)."""
+    from hesscale.cli import main
+
+    args = ["run", "--task", "rl:Pendulum-v1", "--network", "actor_critic_tanh", "--steps", "128"]
+    args += ["--task-opt", "rollout_steps=64", "--task-opt", "minibatches=2", "--hidden", "4"]
+    args += ["--learner", "adam", "--lr", "0.001", "--no-progress", "--out", str(tmp_path / "l")]
+    assert main(args) == 0
+    assert "finished after 128 environment steps (2 updates)" in capsys.readouterr().out

@@ -581,3 +581,31 @@ def test_the_readmes_python_sweep_runs_as_written(registries, tmp_path, monkeypa
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     summary = (tmp_path / "results" / "wide" / "plots" / "summary.md").read_text()
     assert "| adahesscale |" in summary and "| rmsprop |" in summary
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_without_a_main_guard_is_told_what_to_do(tmp_path, guarded):
+    """Issue 17: run_sweep(..., jobs=2) at a script's top level printed 142 lines of
+    multiprocessing errors, then "A worker process died (out of memory?)". The call's line
+    is found inside an `if __name__ == ...` block or not."""
+    from hesscale.experiments.sweep.api import _inside_name_check
+
+    call = "run_sweep(SPEC, jobs=2)"
+    body = f'if __name__ == "__main__":\n    {call}\n' if guarded else f"{call}\n"
+    script = tmp_path / "sweep_script.py"
+    script.write_text("from hesscale.experiments import run_sweep\nSPEC = {}\n" + body)
+    assert _inside_name_check(script, 4 if guarded else 3) == guarded
+
+
+def test_run_sweep_refuses_an_unguarded_top_level_call(tmp_path, monkeypatch):
+    """The check as run_sweep meets it: called from the top level of a __main__ script."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("from hesscale.experiments import run_sweep\nrun_sweep(SPEC, jobs=2)\n")
+    namespace = {"__name__": "__main__", "__file__": str(script), "SPEC": _api_spec(steps=4)}
+    code = compile(script.read_text(), str(script), "exec")
+    monkeypatch.chdir(tmp_path)
+    from hesscale.experiments.sweep.spec import SpecError
+
+    with pytest.raises(SpecError, match='if __name__ == "__main__"'):
+        exec(code, namespace)
+    assert not (tmp_path / "results").exists()  # refused before anything was written

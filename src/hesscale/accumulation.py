@@ -2,8 +2,11 @@
 
 A pass adds to ``leaf.<variant>`` when that diagonal was written together with the gradient
 ``leaf.grad`` holds now (the same tensor, unchanged since): both accumulate. After
-``zero_grad()`` (set to None, or zeroed in place) or any other change of the gradient, the
-diagonal starts afresh. The record of what was written with which gradient lives here, keyed
+``zero_grad()`` (set to None, or zeroed in place), or when the diagonal was never written
+beside a gradient, it starts afresh, as the gradient does. Any other change of the gradient
+since (``clip_grad_norm_``, a plain ``loss.backward()``, an optimizer's in-place change) would
+leave the accumulated gradient and diagonal describing different sums, so it raises
+HesScaleError. The record of what was written with which gradient lives here, keyed
 weakly by the leaf, not on the user's tensors.
 """
 
@@ -14,6 +17,7 @@ import weakref
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from hesscale.errors import HesScaleError
 from hesscale.internals import grad_stamp
 
 # leaf -> {variant: (the diagonal written, the gradient's stamp when it was written)}
@@ -33,4 +37,17 @@ def continues(leaf: Tensor, variant: str) -> bool:
     if previous is None or leaf.grad is None:
         return False
     entry = _written.get(leaf, {}).get(variant)
-    return entry is not None and entry[0]() is previous and entry[1] == grad_stamp(leaf.grad)
+    if entry is None or entry[0]() is not previous:
+        return False  # never written beside a gradient (or replaced by the user)
+    if entry[1] == grad_stamp(leaf.grad):
+        return True
+    if leaf.grad.is_meta or not leaf.grad.any():  # zero_grad(set_to_none=False)
+        return False
+    raise HesScaleError(
+        f"A tensor of shape {tuple(leaf.shape)} holds a gradient that changed since "
+        f"hesscale.backward last wrote its .{variant} (an in-place change such as "
+        "clip_grad_norm_ or GradScaler.unscale_, or a plain loss.backward() in between), so "
+        "accumulating into both would pair a gradient and a diagonal of different sums. Call "
+        "zero_grad() before the next accumulation, clip after the last micro-batch, or delete "
+        f"the tensor's .{variant} to start the diagonal afresh."
+    )

@@ -44,6 +44,27 @@ def accumulated_variable(node: Node) -> torch.Tensor | None:
     return getattr(node, "variable", None)
 
 
+_SAVED_TENSOR_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def saved_under_checkpoint(node: Node) -> bool:
+    """Whether ``node`` saved its tensors under non-reentrant activation checkpointing
+    (``torch.utils.checkpoint(..., use_reentrant=False)``): their ``SavedTensor`` (``_raw_saved_*``)
+    carries the unpack hook of torch's ``_checkpoint_hook``, which recomputes the block and lets
+    each tensor be unpacked only once."""
+    names = _SAVED_TENSOR_NAMES.get(type(node))
+    if names is None:
+        names = tuple(a for a in dir(type(node)) if a.startswith("_raw_saved_"))
+        _SAVED_TENSOR_NAMES[type(node)] = names
+    for name in names:
+        saved = getattr(node, name, None)
+        for item in saved if isinstance(saved, list | tuple) else (saved,):
+            hook = getattr(item, "unpack_hook", None)
+            if hook is not None:
+                return "_checkpoint_hook" in getattr(hook, "__qualname__", "")
+    return False
+
+
 def forward_traceback(node: Node) -> str | None:
     """The forward-pass traceback autograd's anomaly mode stores in a node, if it ran (the
     last frames, where the operation was called)."""

@@ -22,6 +22,7 @@ from hesscale import accumulation
 from hesscale.engine import distributed
 from hesscale.engine import graph as graphs
 from hesscale.engine.call import NodeCall
+from hesscale.engine.hooks import GradientWatch
 from hesscale.engine.registry import RULES
 from hesscale.errors import HesScaleError
 from hesscale.hook_warning import hook_warning_hidden
@@ -85,12 +86,11 @@ class DiagonalBackward:
         retain_graph: bool | None,
         gradient: Tensor | None = None,
     ) -> None:
+        # non-leaf tensors named in inputs=: they get the diagonal their producer receives
+        self.captured = {(t.grad_fn, t.output_nr): t for t in inputs or () if t.grad_fn is not None}
+        targets = [*self.graph.leaves.values(), *self.captured.values()]
         self.accumulates = [
-            {
-                id(leaf)
-                for leaf in self.graph.leaves.values()
-                if accumulation.continues(leaf, variant)
-            }
+            {id(t) for t in targets if accumulation.continues(t, variant)}
             for variant in self.variants
         ]
         averaging = None
@@ -99,6 +99,7 @@ class DiagonalBackward:
         # reshuffles run in their consumers' hooks; not with inputs=, where autograd may skip
         # a reshuffle whose input needs no gradient for these inputs
         self.reshuffles = self.graph.reshuffles if inputs is None else {}
+        self.watch = GradientWatch()
         handles = [
             node.register_hook(self._hook_for(node))
             for node in self.graph.edges
@@ -111,6 +112,11 @@ class DiagonalBackward:
         finally:
             for handle in handles:
                 handle.remove()
+        self.watch.check_sums()
+        for v, pending in enumerate(self.pending):  # inputs= whose producer did not run
+            for key, t in self.captured.items():
+                if id(t) not in self.leaf_diagonals[v]:
+                    self._add_to_leaf(v, t, pending.pop(key, None))
         self._write_leaves()
         if averaging is not None:
             averaging.apply(self._reached)
@@ -124,19 +130,33 @@ class DiagonalBackward:
     def _hook_for(self, node: Node):
         rule = self.graph.rules[node]
         edges = self.graph.edges[node]
-        leaves, reshuffles = self.graph.leaves, self.reshuffles
+        leaves, reshuffles, watch = self.graph.leaves, self.reshuffles, self.watch
+        captured = self.captured
         variants = [
             (pending, variant == "hesscale" or node not in self.network, v)
             for v, (variant, pending) in enumerate(zip(self.variants, self.pending, strict=True))
         ]
 
         def hook(grad_inputs: tuple, grad_outputs: tuple) -> None:
+            watch.arrive(node, grad_inputs, grad_outputs)
+            for (child, nr), grad in zip(edges, grad_inputs, strict=True):
+                if grad is None or child is None or child in leaves:
+                    continue
+                if child in reshuffles:
+                    while child in reshuffles and child is not None:
+                        child, nr = reshuffles[child]
+                    watch.send_unchecked((child, nr))
+                else:
+                    watch.send((child, nr), grad)
             n_out = len(grad_outputs)
             for pending, second_order, v in variants:
                 if n_out == 1:
                     h_out = (pending.pop((node, 0), None),)
                 else:
                     h_out = tuple(pending.pop((node, j), None) for j in range(n_out))
+                for j, h in enumerate(h_out) if captured else ():
+                    if (node, j) in captured and grad_outputs[j] is not None:
+                        self._add_to_leaf(v, captured[(node, j)], h)
                 h_in = _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order)
                 for (child, nr), h, grad in zip(edges, h_in, grad_inputs, strict=True):
                     if grad is None or child is None:

@@ -22,7 +22,13 @@ from hesscale.engine.registry import (
     register_unsupported,
 )
 from hesscale.errors import HesScaleError, UnsupportedOperationError
-from hesscale.internals import accumulated_variable, forward_traceback
+from hesscale.internals import (
+    accumulated_variable,
+    forward_traceback,
+    output_count,
+    output_dtype,
+    saved_under_checkpoint,
+)
 
 Node = torch.autograd.graph.Node
 Edge = tuple[Node, int]
@@ -64,7 +70,11 @@ class Graph:
         self.rules: dict[Node, Rule] = {}
         self.kinds: dict[Node, Kind] = {}
         self.reshuffles: dict[Node, Edge] = {}
+        for leaf in self.leaves.values():
+            if leaf.is_complex():
+                raise UnsupportedOperationError(_complex_message(f"a leaf of dtype {leaf.dtype}"))
         for node in self.edges:
+            self._refuse_complex_or_checkpointed(node)
             entry = RULES.get(node.name())
             reason = None if entry is None or entry.check is None else entry.check(node)
             if entry is None or reason is not None:
@@ -82,6 +92,22 @@ class Graph:
             names.append(node.name())
             node = self.parents[node]
         return " -> ".join(reversed(names))
+
+    def _refuse_complex_or_checkpointed(self, node: Node) -> None:
+        """Raise for complex outputs and for nodes saved under non-reentrant checkpointing."""
+        for i in range(output_count(node)):
+            if output_dtype(node, i).is_complex:
+                raise UnsupportedOperationError(
+                    _complex_message(f"{node.name()}, reached through {self.path_to(node)}")
+                )
+        if saved_under_checkpoint(node):
+            raise UnsupportedOperationError(
+                f"The autograd operation {node.name()} (reached through {self.path_to(node)}) "
+                "was recorded under activation checkpointing (torch.utils.checkpoint with "
+                "use_reentrant=False), which lets each saved tensor be read only once, by "
+                "autograd; HesScale needs them too. Nothing has been computed. Run that "
+                "block without checkpointing for the passes that need diagonals."
+            )
 
     def nodes_of_kind(self, kind: Kind) -> list[Node]:
         """The graph's nodes that the registry declares ``kind``."""
@@ -111,6 +137,15 @@ class Graph:
         return message
 
 
+def _complex_message(where: str) -> str:
+    return (
+        f"HesScale does not support complex tensors (found {where}): the diagonal of a real "
+        "loss's Hessian w.r.t. complex entries needs their real and imaginary parts treated "
+        "separately, which no rule does. Nothing has been computed. Work with real tensors "
+        "(e.g. torch.view_as_real) for the parts that need diagonals."
+    )
+
+
 # Nodes that hide the operations they stand for, and what to do instead.
 register_unsupported(
     "CompiledFunctionBackward",
@@ -127,6 +162,29 @@ register_unsupported(
         "It stands for a block under reentrant activation checkpointing "
         "(torch.utils.checkpoint with use_reentrant=True), whose operations autograd records "
         "only during the backward pass. Run that block without checkpointing."
+    ),
+)
+
+
+# Operations left without a rule on purpose, and why (docs/supported.md lists them).
+register_unsupported(
+    "GridSampler2DBackward0",
+    "GridSampler3DBackward0",
+    "CudnnGridSamplerBackward0",
+    advice=(
+        "F.grid_sample has no rule: its diagonal w.r.t. the input needs the squared bilinear "
+        "weights scattered back (a kernel of its own, not yet written) and w.r.t. the grid the "
+        "derivatives of the interpolation. Use F.interpolate (which has rules) where the grid "
+        "is regular, or detach the grid and sample by index."
+    ),
+)
+register_unsupported(
+    "CtcLossBackward0",
+    advice=(
+        "F.ctc_loss has no rule: its exact curvature needs a second forward-backward pass over "
+        "the alignment lattice, costing more than the rest of the pass, and torch cannot "
+        "differentiate its backward to check one against. Compute diagonals with a loss that "
+        "has a rule (e.g. cross-entropy on aligned targets) where you need them."
     ),
 )
 

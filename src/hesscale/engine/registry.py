@@ -123,3 +123,9 @@ def kind_of(node: object) -> Kind:
     """What the registry declares about ``node`` (an autograd node); Kind.NONE without a rule."""
     entry = RULES.get(node.name())
     return Kind.NONE if entry is None else entry.kind
+
+
+def display_name(name: str) -> str:
+    """A node's name without the ``torch::autograd::`` prefix that ``grad_fn.name()`` gives
+    a few of torch's own nodes (``CopySlices``, ``CopyBackwards``, ...)."""
+    return name.removeprefix("torch::autograd::")

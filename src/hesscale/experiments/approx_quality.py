@@ -15,8 +15,9 @@ parameter entry); BackPACK's KFAC and BL89 are left out (said so in the output).
 Reported: each method's mean total L1 error normalized by HesScale's (HesScale = 1; per-seed
 ratios, then their mean and spread), and the mean L1 error of each layer.
 
-Outputs under ``--out``: ``results.json`` (configuration, summary and the raw errors,
-indexed [seed][step][method][layer]), ``errors.csv`` (the same raw errors, one row each),
+Outputs under ``--out`` (default ``results/approx-quality/DATA-NETWORK-LOSS``):
+``results.json`` (configuration, summary and the raw errors, indexed
+[seed][step][method][layer]), ``errors.csv`` (the same raw errors, one row each),
 ``summary.csv``, ``normalised_error.png`` and ``error_by_layer.png``.
 """
 
@@ -634,7 +635,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated subset, HesScale included (default: all of {method_names()}; "
         "KFAC and BL89 need BackPACK and a chain of modules, so only the mlp has them)",
     )
-    add("--out", default="results/approx-quality", help="output directory")
+    add(
+        "--out",
+        help="output directory (default: results/approx-quality/DATA-NETWORK-LOSS; a folder "
+        "that already holds results is refused unless --force)",
+    )
+    add("--force", action="store_true", help="overwrite the results already in --out")
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -655,8 +661,16 @@ def main(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         methods=tuple(m.strip() for m in args.methods.split(",")) if args.methods else None,
     )
+    out = Path(args.out or f"results/approx-quality/{config.data}-{config.network}-{config.loss}")
+    if not args.force and (out / "results.json").exists():
+        print(
+            f"hesscale approx-quality: {out} already holds results; pass --out DIR to keep "
+            "them, or --force to overwrite them.",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        result = run_study(config, Path(args.out), progress=not args.no_progress)
+        result = run_study(config, out, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as error:
         print(f"hesscale approx-quality: {error}", file=sys.stderr)
         return 2

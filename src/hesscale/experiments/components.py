@@ -160,9 +160,21 @@ class Registry(Mapping[str, T]):
         if label in self._paths and self._paths[label] == target:  # registered, named by path
             return Resolved(label, target, self._entries[label], target, _origin_of(target))
         if ":" not in target:
+            same = [name for name in self._entries if name.lower() == target.lower()]
+            if len(same) == 1:  # names are matched regardless of case (AdaHesScale)
+                return Resolved(
+                    same[0] if label == target else label,
+                    same[0],
+                    self._entries[same[0]],
+                    None,
+                    None,
+                )
+            lowered = {name.lower(): name for name in self._entries if not name.endswith("*")}
+            close = difflib.get_close_matches(target.lower(), list(lowered), n=3, cutoff=0.75)
+            hint = f" Did you mean {' or '.join(repr(lowered[c]) for c in close)}?" if close else ""
             raise ComponentError(
-                f"Unknown {self.kind} '{target}'. Known {self.kind}s: {self.known()}; or name "
-                "your own as package.module:attribute or path/to/file.py:attribute."
+                f"Unknown {self.kind} '{target}'.{hint} Known {self.kind}s: {self.known()}; or "
+                "name your own as package.module:attribute or path/to/file.py:attribute."
             )
         try:
             obj, path, origin = load_object(target, search)

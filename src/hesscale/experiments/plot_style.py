@@ -31,13 +31,21 @@ def twin_role(name: str, twins: dict[str, str]) -> str:
 
 
 def plain_log_ticks(axis, at: list[float] | None = None) -> None:
-    """Tick labels like 0.001 and 2, not 10^-3 and 2 x 10^0; only at ``at`` if given."""
+    """Short tick labels on a log axis (0.001, 2, 1e-09; at most 3 significant digits), only at
+    ``at`` if given; otherwise at the decades, and at the ticks between them only while the
+    axis spans at most one decade (so that labels never pile up)."""
     from matplotlib import ticker
 
-    formatter = ticker.FuncFormatter(lambda value, _: f"{value:g}")
-    axis.set_major_formatter(formatter)
+    def short(value: float, _=None) -> str:
+        return f"{value:.3g}"
+
+    def between_decades(value: float, _=None) -> str:
+        low, high = sorted(axis.get_view_interval())
+        return short(value) if low > 0 and high <= 10 * low else ""
+
+    axis.set_major_formatter(ticker.FuncFormatter(short))
     if at is not None:
         axis.set_ticks(at)
         axis.set_minor_formatter(ticker.NullFormatter())
     else:
-        axis.set_minor_formatter(formatter)
+        axis.set_minor_formatter(ticker.FuncFormatter(between_decades))

@@ -251,11 +251,14 @@ def build_trainer(
     }
     # a step that consumes several units of --steps (an RL rollout: environment steps)
     per_step = getattr(stepper, "units_per_step", 1)
+    unit = getattr(stepper, "unit", "steps")
     if config.steps < per_step:
         raise ValueError(
             f"--steps {config.steps} is less than one step of task '{parts.task.label}' "
-            f"({per_step} {getattr(stepper, 'unit', 'steps')})."
+            f"({per_step} {unit})."
         )
+    if per_step != 1:  # the log says how to read steps_done in what --steps counts
+        header["step_unit"] = {"unit": unit, "per_step": per_step}
     return Trainer(
         stepper,
         steps=config.steps // per_step,
@@ -330,8 +333,13 @@ def run_and_log(
     stop: StopFlag | None = None,
     force: bool = False,
     command: list[str] | None = None,
+    log_missing_data: bool = True,
 ) -> dict[str, Any]:
     """Train unless ``out`` already holds a complete log; leave a log at ``out``.
+
+    Data that is not there (DatasetNotFoundError while setting up) is logged as a failed run,
+    as in a sweep, or raised with nothing written (``log_missing_data=False``, ``hesscale
+    run``).
 
     Settings that cannot run raise ValueError before anything is written (``validate``).
     A preempted run leaves its checkpoint at ``<out>.ckpt`` and continues from it next time.
@@ -373,6 +381,11 @@ def run_and_log(
         log = trainer.run()
     except ComponentError:
         raise  # a task, network or learner that cannot be used: nothing is written
+    except FileNotFoundError as error:
+        if log_missing_data or type(error).__name__ != "DatasetNotFoundError":
+            log = failed_log(config, error)
+        else:
+            raise
     except KeyboardInterrupt as error:
         partial = getattr(error, "partial_log", None)
         if partial is not None:
@@ -566,12 +579,21 @@ def main(args: argparse.Namespace) -> int:
     command = ["hesscale", "run", *sys.argv[2:]] if sys.argv[1:2] == ["run"] else None
     try:
         log = run_and_log(
-            config, out, progress=not args.no_progress, stop=stop, force=args.force, command=command
+            config,
+            out,
+            progress=not args.no_progress,
+            stop=stop,
+            force=args.force,
+            command=command,
+            log_missing_data=False,
         )
     except (StaleLogError, ComponentError, ValueError) as error:  # before anything ran
         show_cause(error)
         print(f"hesscale run: {error}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
+    except FileNotFoundError as error:  # the data is not there: nothing was written
+        print(f"hesscale run: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         where = f"; {out} records how far it got" if out.exists() else ""
         print(
@@ -593,7 +615,11 @@ def main(args: argparse.Namespace) -> int:
             print(log["traceback"], file=sys.stderr)  # a bug, not a bad setting: show where
         print(f"hesscale run: {log['message']} (log: {out})", file=sys.stderr)
         return EXIT_FAILED
-    summary = f"{out}: {status} after {log['steps_done']} steps in {log['wall_time_s']:.1f} s"
+    done = f"{log['steps_done']} steps"
+    if log.get("step_unit"):  # e.g. RL: --steps counts environment steps, a step is a rollout
+        per_step, unit = log["step_unit"]["per_step"], log["step_unit"]["unit"]
+        done = f"{log['steps_done'] * per_step} {unit} ({log['steps_done']} updates)"
+    summary = f"{out}: {status} after {done} in {log['wall_time_s']:.1f} s"
     if log.get("loss"):
         summary += f", last loss {log['loss'][-1]:.4f}, accuracy {log['accuracy'][-1]:.3f}"
     returns = [r for r in log.get("return", []) if r is not None and math.isfinite(r)]

@@ -24,8 +24,10 @@ such a stream (stationary or permuted, with exact checkpoints).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import io
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -255,10 +257,27 @@ def _torchvision(cls_name: str, data_dir: str, download: bool, train: bool, **kw
 
     cls = getattr(torchvision.datasets, cls_name)
     root = Path(data_dir).expanduser()
+    created = _missing_folders(root / _TORCHVISION_FOLDERS[cls_name] / "raw")
+    printed = io.StringIO()  # torchvision prints each mirror it tried
     try:
-        return cls(root=str(root), train=train, download=download, **kwargs)
-    except RuntimeError as error:
-        if download or "not found" not in str(error).lower():
+        with contextlib.redirect_stdout(printed) if download else contextlib.nullcontext():
+            return cls(root=str(root), train=train, download=download, **kwargs)
+    except (RuntimeError, OSError) as error:
+        for folder in created:  # leave no empty folders behind a failed download
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if download and (isinstance(error, OSError) or "download" in str(error).lower()):
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            lines += [line.strip() for line in printed.getvalue().splitlines() if line.strip()]
+            first = lines[0].rstrip(":") if lines else type(error).__name__
+            reason = next((line for line in lines[1:] if line.startswith("<")), "")
+            raise DatasetNotFoundError(
+                f"{cls_name} could not be downloaded into '{root.resolve()}' "
+                f"({first}{': ' + reason if reason else ''}). "
+                "Download it on a machine with network access and copy it there, or point "
+                f"--data-dir (or ${DATA_DIR_ENV}) at a folder that holds it."
+            ) from None
+        if isinstance(error, OSError) or download or "not found" not in str(error).lower():
             raise
         where = root.resolve() / _TORCHVISION_FOLDERS[cls_name]
         raise DatasetNotFoundError(
@@ -267,11 +286,16 @@ def _torchvision(cls_name: str, data_dir: str, download: bool, train: bool, **kw
             f"dataset files there, point --data-dir (or ${DATA_DIR_ENV}) at the folder that "
             "holds them, or pass --download to fetch them from the internet once."
         ) from None
-    except OSError as error:  # download attempted without network
-        raise DatasetNotFoundError(
-            f"{cls_name} could not be downloaded into '{root.resolve()}': {error}. Download it "
-            "on a machine with network access and copy it there."
-        ) from error
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
 
 
 def _mnist_like(cls_name: str, n_classes: int, transpose: bool, **kwargs: Any):

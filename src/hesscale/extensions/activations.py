@@ -66,7 +66,7 @@ class LogSoftmax(ModuleAdaptor):
 ADAPTORS = {
     nn.ReLU: ReLU(),
     nn.LeakyReLU: Elementwise(lambda m, x: ew.leaky_relu_derivatives(x, m.negative_slope)),
-    nn.Sigmoid: Elementwise(lambda m, s: ew.sigmoid_derivatives_from_output(s), of_output=True),
+    nn.Sigmoid: Elementwise(lambda m, x: ew.sigmoid_derivatives(x)),
     nn.Tanh: Elementwise(lambda m, t: ew.tanh_derivatives_from_output(t), of_output=True),
     nn.ELU: Elementwise(lambda m, x: ew.elu_derivatives(x, m.alpha)),
     nn.SELU: Elementwise(lambda m, x: ew.selu_derivatives(x)),

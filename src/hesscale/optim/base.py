@@ -130,6 +130,7 @@ class DiagonalAdam(torch.optim.Optimizer):
         already did) and the diagonals, which a scaled loss scales alike, and is skipped when
         the scaler found inf or NaN gradients, as torch's optimizers are.
         """
+        self._closure_ran_backward = False
         loss = self._run_closure(closure) if closure is not None else None
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
         if not params:
@@ -200,9 +201,11 @@ class DiagonalAdam(torch.optim.Optimizer):
 
     def _run_closure(self, closure: Callable[[], Tensor]) -> Tensor:
         self.zero_grad(set_to_none=True)
+        self._closure_ran_backward = False
         with torch.enable_grad():
             loss = closure()
         if any(p.grad is not None for g in self.param_groups for p in g["params"]):
+            self._closure_ran_backward = True
             return loss  # the closure ran backward itself
         if not isinstance(loss, Tensor) or loss.numel() != 1 or loss.grad_fn is None:
             raise ValueError(
@@ -287,6 +290,13 @@ class ExtensionAdam(DiagonalAdam):
 
     def _diagonals(self, params: list[Tensor]) -> list[Tensor]:
         name, field, how = type(self).__name__, self.savefield, self.how_to_backward
+        if getattr(self, "_closure_ran_backward", False):
+            how = (
+                "the closure ran the backward pass itself (e.g. loss.backward()), which "
+                "computes gradients only. Let the closure return the loss without calling "
+                "backward (step() then runs the backward pass this optimizer needs), or call "
+                "hesscale.backward(loss) in it instead of loss.backward()."
+            )
         diagonals = []
         for p in params:
             h = getattr(p, field, None)

@@ -18,9 +18,10 @@ from hesscale.rules.precision import promote
 
 
 def product_factor(h_out: Tensor, other: Tensor) -> Tensor:
-    """z = x * y: h_x = y^2 h_z (z is linear in x)."""
+    """z = x * y: h_x = y^2 h_z (z is linear in x), as (h_z y) y: 0 where h_z is 0, also where
+    y^2 overflows."""
     h_out, other = promote(h_out, other)
-    return h_out * other.square()
+    return h_out * other * other
 
 
 def quotient_numerator(h_out: Tensor, denominator: Tensor) -> Tensor:
@@ -78,3 +79,12 @@ def atan2_derivatives(y: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Ten
     r = x.square() + y.square()
     curvature = -2 * x * y / r.square()
     return x / r, curvature, -y / r, -curvature
+
+
+def hypot_derivatives(x: Tensor, y: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """z = sqrt(x^2 + y^2): dz/dx = x / z, d^2z/dx^2 = y^2 / z^3 (and x, y swapped); 0 where
+    z = 0 (torch's gradient there)."""
+    safe = torch.where(z == 0, 1.0, z)
+    zero = z == 0
+    d_x, d_y = (x / safe).masked_fill(zero, 0), (y / safe).masked_fill(zero, 0)
+    return d_x, d_y.square() / safe, d_y, d_x.square() / safe

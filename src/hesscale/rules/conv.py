@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hesscale.rules.matmul import SQUARE_SAFE
 from hesscale.rules.precision import promote, upcast
 
 
@@ -110,8 +111,12 @@ def conv_diagonals(
     n = len(geometry.stride)
     symmetric, excess = _split_padding(geometry)
     pads = any(before or after for before, after in excess)
-    if wants_weight:
-        x = x.square()
+    if wants_weight:  # x^2 = (x / c)^2 c^2 per input channel (rules.matmul.scaled_square)
+        channel_max = (
+            x.abs().amax([0, *range(2, x.dim())]).div_(SQUARE_SAFE) if x.numel() else x.new_ones(1)
+        )
+        channel_max = channel_max.clamp_(min=1).expand(x.shape[1])
+        x = (x / channel_max.view(1, -1, *[1] * n)).square_()
         if pads:
             x = F.pad(x, [v for pair in reversed(excess) for v in pair])
     elif pads:  # only the shape matters
@@ -128,6 +133,9 @@ def conv_diagonals(
         geometry.transposed, list(geometry.output_padding or (0,) * n), geometry.groups,
         [wants_input, wants_weight, False],
     )  # fmt: skip
+    if h_weight is not None:
+        factor = _per_weight_entry(channel_max, h_weight.shape, geometry)
+        h_weight = h_weight.mul_(factor.square().clamp_(max=torch.finfo(factor.dtype).max))
     if taps is not None and h_weight is not None:  # the other taps only ever read zeros
         cropped, h_weight = h_weight, h_weight.new_zeros(full_weight_shape)
         h_weight[(slice(None), slice(None), *taps.kernel)] = cropped
@@ -142,6 +150,20 @@ def conv_diagonals(
 class Taps(NamedTuple):
     kernel: tuple[slice, ...]  # the kernel taps kept, per spatial dimension
     padding: list[int]  # the (symmetric) padding of the cropped convolution
+
+
+def _per_weight_entry(channel_max: Tensor, weight_shape, geometry: ConvGeometry) -> Tensor:
+    """The input channel's scale for each weight entry: W[o, c] (c within o's group) reads
+    input channel group(o) * C_g + c; a transposed convolution's W[c, o] reads channel c."""
+    n = len(weight_shape) - 2
+    if geometry.transposed:
+        return channel_max.view(-1, 1, *[1] * n)
+    out_channels, per_group = weight_shape[0], weight_shape[1]
+    group = torch.arange(out_channels, device=channel_max.device) // (
+        out_channels // geometry.groups
+    )
+    channel = group[:, None] * per_group + torch.arange(per_group, device=channel_max.device)
+    return channel_max[channel].view(out_channels, per_group, *[1] * n)
 
 
 def _taps_reading_input(

@@ -47,12 +47,16 @@ def leaky_relu_derivatives(x: Tensor, negative_slope: float) -> Derivatives:
 
 
 def sigmoid_derivatives(x: Tensor) -> Derivatives:
-    """s = sigmoid(x): sigma' = s(1 - s), sigma'' = s(1 - s)(1 - 2s)."""
-    return sigmoid_derivatives_from_output(torch.sigmoid(x))
+    """s = sigmoid(x): sigma' = s(1 - s), sigma'' = s(1 - s)(1 - 2s), with 1 - s = sigmoid(-x)
+    (exact where s is near 1, where 1 - s cancels)."""
+    s, not_s = torch.sigmoid(x), torch.sigmoid(-x)
+    first = s * not_s
+    return first, first * (not_s - s)
 
 
 def sigmoid_derivatives_from_output(s: Tensor) -> Derivatives:
-    """The same from the output s = sigmoid(x), which the forward pass already computed."""
+    """The same from the output s = sigmoid(x), which the forward pass already computed (where
+    s rounded to 1 this gives 0, as torch's own gradient does; sigmoid_derivatives does not)."""
     first = s - s.square()
     return first, first - 2 * s * first
 
@@ -103,21 +107,22 @@ def softplus_derivatives(x: Tensor, beta: float, threshold: float) -> Derivative
     s = torch.sigmoid(beta * x)
     linear = beta * x > threshold
     first = torch.where(linear, torch.ones_like(x), s)
-    second = torch.where(linear, torch.zeros_like(x), beta * s * (1 - s))
+    second = torch.where(linear, torch.zeros_like(x), beta * s * torch.sigmoid(-beta * x))
     return first, second
 
 
 def logsigmoid_derivatives(x: Tensor) -> Derivatives:
-    """log(sigmoid(x)): sigma' = 1 - s, sigma'' = -s(1 - s) with s = sigmoid(x)."""
-    s = torch.sigmoid(x)
-    return 1 - s, -s * (1 - s)
+    """log(sigmoid(x)): sigma' = 1 - s, sigma'' = -s(1 - s) with s = sigmoid(x) and
+    1 - s = sigmoid(-x)."""
+    not_s = torch.sigmoid(-x)
+    return not_s, -torch.sigmoid(x) * not_s
 
 
 def silu_derivatives(x: Tensor) -> Derivatives:
     """x * s with s = sigmoid(x): sigma' = s + x s(1 - s), sigma'' = s(1 - s)(2 + x(1 - 2s))."""
-    s = torch.sigmoid(x)
-    ds = s * (1 - s)
-    return s + x * ds, ds * (2 + x * (1 - 2 * s))
+    s, not_s = torch.sigmoid(x), torch.sigmoid(-x)
+    ds = s * not_s
+    return s + x * ds, ds * (2 + x * (not_s - s))
 
 
 def gelu_derivatives(x: Tensor, approximate: str = "none") -> Derivatives:
@@ -334,3 +339,20 @@ def prelu_input(h_out: Tensor, x: Tensor, weight: Tensor) -> Tensor:
 def prelu_weight(h_out: Tensor, x: Tensor) -> Tensor:
     """h_w = where(x > 0, 0, x)^2 h_z, in x's shape (summed over the entries sharing w)."""
     return h_out * torch.where(x > 0, 0.0, x).square()
+
+
+def erfinv_derivatives(x: Tensor) -> Derivatives:
+    """z = erfinv(x): sigma' = sqrt(pi) / 2 exp(z^2), sigma'' = 2 z sigma'^2."""
+    z = torch.erfinv(x)
+    first = (math.sqrt(math.pi) / 2) * torch.exp(z.square())
+    return first, 2 * z * first.square()
+
+
+def lgamma_derivatives(x: Tensor) -> Derivatives:
+    """log |Gamma(x)|: sigma' = digamma(x), sigma'' = trigamma(x) = polygamma(1, x)."""
+    return torch.digamma(x), torch.polygamma(1, x)
+
+
+def digamma_derivatives(x: Tensor) -> Derivatives:
+    """digamma(x): sigma' = polygamma(1, x), sigma'' = polygamma(2, x)."""
+    return torch.polygamma(1, x), torch.polygamma(2, x)

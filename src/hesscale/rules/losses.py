@@ -161,12 +161,13 @@ def bce_with_logits_derivatives(
     scale: float,
 ) -> tuple[Tensor, Tensor]:
     """l = -c w [q y log s + (1 - y) log(1 - s)], s = sigmoid(x), q = pos_weight:
-    dl/dx = c w ((q y + 1 - y) s - q y), d^2l/dx^2 = c w (q y + 1 - y) s (1 - s)."""
+    dl/dx = c w ((q y + 1 - y) s - q y), d^2l/dx^2 = c w (q y + 1 - y) s (1 - s), with
+    1 - s = sigmoid(-x)."""
     s = torch.sigmoid(logits)
     q_y = target if pos_weight is None else pos_weight * target
     mix = q_y + 1 - target
     factor = scale if weight is None else scale * weight
-    return factor * (mix * s - q_y), factor * mix * s * (1 - s)
+    return factor * (mix * s - q_y), factor * mix * s * torch.sigmoid(-logits)
 
 
 def bce_with_logits_target_derivative(
@@ -228,9 +229,9 @@ def soft_margin_derivatives(
     prediction: Tensor, target: Tensor, scale: float
 ) -> tuple[Tensor, Tensor]:
     """c log(1 + exp(-y x)): with s = sigmoid(y x), dl/dx = -c y (1 - s),
-    d^2l/dx^2 = c y^2 s (1 - s)."""
+    d^2l/dx^2 = c y^2 s (1 - s), with 1 - s = sigmoid(-y x)."""
     s = torch.sigmoid(target * prediction)
-    not_s = 1 - s
+    not_s = torch.sigmoid(-target * prediction)
     return -scale * target * not_s, scale * target.square() * s * not_s
 
 

@@ -6,19 +6,40 @@ z[i, k] = sum_j a[i, j] b[j, k] links a[i, j] to z[i, k] through the single valu
     h_a = h_z @ (b^2)^T,        h_b = (a^2)^T @ h_z.
 
 The squares and products are computed in float32 where float16 takes part (rules.precision).
+Each factor is squared after dividing the lines that enter one sum by c = their largest entry
+/ 2^50 (when above 1: only for data whose squares near float32's range), the product multiplied
+back by c^2: so an entry whose square overflows
+gives inf only where the exact sum does, and 0 where the h it meets is 0 (never 0 * inf = NaN).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from hesscale.rules.precision import promote
+
+SQUARE_SAFE = 2.0**50  # (2^50)^2 = 2^100: far below float32's 2^128, even summed 2^27 times
+
+
+def scaled_square(t: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """((t / c)^2, c^2) with c = max(1, max |t| along ``dim`` / 2^50) (keepdim):
+    t^2 = (t / c)^2 c^2, with no overflow in the first factor. For entries below 2^50 (all
+    but overflowing data) c = 1 and the squares are exactly t^2. c^2 is capped at the dtype's
+    largest number, so that a zero sum stays zero when multiplied back (a sum that is not zero
+    is beyond the dtype's range there anyway)."""
+    if t.shape[dim] == 0:  # an empty batch: nothing to scale
+        return t.square(), t.new_ones(()).expand(t.shape[:dim] + (1,) + t.shape[dim:][1:])
+    c = t.abs().amax(dim, keepdim=True).div_(SQUARE_SAFE).clamp_(min=1)
+    return (t / c).square_(), c.square_().clamp_(max=torch.finfo(c.dtype).max)
 
 
 def matmul_left(h_out: Tensor, right: Tensor) -> Tensor:
     """h_a = h_z @ (b * b)^T for z = a @ b."""
     h_out, right = promote(h_out, right)
-    return h_out @ right.square().mT
+    squares, c2 = scaled_square(right, -1)
+    c2 = c2.mT if c2.dim() > 1 and h_out.dim() > 1 else c2.squeeze(-1)  # vector h_z: no row
+    return (h_out @ squares.mT).mul_(c2)
 
 
 def matmul_right(h_out: Tensor, left: Tensor, transposed: bool = False) -> Tensor:
@@ -28,12 +49,15 @@ def matmul_right(h_out: Tensor, left: Tensor, transposed: bool = False) -> Tenso
     product is then computed as (h_z^T @ a^2)^T, so that h_W comes out in the weight's
     layout."""
     h_out, left = promote(h_out, left)
+    squares, c2 = scaled_square(left, -2)
     if transposed:
-        return (h_out.mT @ left.square()).mT
-    return left.square().mT @ h_out
+        return (h_out.mT @ squares).mul_(c2).mT
+    return (squares.mT @ h_out).mul_(c2.mT)
 
 
 def matrix_vector_matrix(h_out: Tensor, vector: Tensor) -> Tensor:
-    """z = A v: h_A[i, j] = h_z[i] v[j]^2."""
+    """z = A v: h_A[i, j] = h_z[i] v[j]^2 (as (h_z v) v: 0 where h_z is 0, also where v^2
+    overflows)."""
     h_out, vector = promote(h_out, vector)
-    return h_out.unsqueeze(-1) * vector.square().unsqueeze(-2)
+    v = vector.unsqueeze(-2)
+    return h_out.unsqueeze(-1) * v * v

@@ -137,3 +137,19 @@ def _avg_pool_backward(
         grad, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
     )
     return h_in.squeeze(-2) if n == 1 else h_in
+
+
+def separable_linear_input(h_out: Tensor, matrices: list[Tensor]) -> Tensor:
+    """z = x multiplied along each of its last n dims by a matrix A_d (out_d x in_d): linear,
+    interpolation (bilinear, bicubic, trilinear) being such a product of one-dimensional
+    interpolations. J[k, i] = prod_d A_d[k_d, i_d], so J^2 is the product of the squares and
+
+        h_x = h_z multiplied along each dim d by (A_d^2)^T,
+
+    with no curvature (z is linear in x)."""
+    (h,) = promote(h_out)
+    first = h.dim() - len(matrices)
+    for offset, matrix in enumerate(matrices):
+        dim = first + offset
+        h = torch.tensordot(h, matrix.to(h.dtype).square(), dims=([dim], [0])).movedim(-1, dim)
+    return h

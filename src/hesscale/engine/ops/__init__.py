@@ -20,19 +20,21 @@ from hesscale.engine.ops import (  # noqa: F401
     reductions,
     shape,
 )
-from hesscale.engine.registry import RULES
+from hesscale.engine.registry import RULES, display_name
 
 
 def supported_operations() -> dict[str, list[str]]:
     """The autograd operations ``hesscale.backward`` handles, grouped by family.
 
     Returns:
-        A dict from family name (e.g. ``"activations"``) to the sorted autograd node names
-        (``grad_fn.name()``) of that family; families in alphabetical order.
+        A dict from family name (e.g. ``"activations"``) to the sorted autograd node names of
+        that family, as ``type(loss.grad_fn).__name__`` gives them (``grad_fn.name()`` adds
+        ``torch::autograd::`` to a few of torch's own, e.g. ``CopySlices``); families in
+        alphabetical order.
     """
     families: dict[str, list[str]] = {}
     for name, entry in RULES.items():
-        families.setdefault(entry.family, []).append(name)
+        families.setdefault(entry.family, []).append(display_name(name))
     return {family: sorted(names) for family, names in sorted(families.items())}
 
 
@@ -42,6 +44,6 @@ def supported_operations_markdown() -> str:
     print(m())"``; a test checks the README holds exactly this)."""
     lines = []
     for family, names in supported_operations().items():
-        shown = ", ".join(f"`{name.removeprefix('torch::autograd::')}`" for name in names)
+        shown = ", ".join(f"`{name}`" for name in names)
         lines.append(f"- **{family}** ({len(names)}): {shown}")
     return "\n".join(lines)

@@ -149,6 +149,8 @@ def select_entries(call: NodeCall):
     "AddcmulBackward0",  # x + v t1 t2
     "LerpBackward0",  # x + w (y - x), w a number
     "LerpBackward1",  # w a tensor: bilinear in (w, x) and (w, y)
+    "RemainderBackward1",  # x - floor(x / y) y: slope 1 in x, -floor(x / y) in y
+    "FmodBackward1",  # x - trunc(x / y) y: slope 1 in x, -trunc(x / y) in y
     kind=Kind.ENTRYWISE_LINEAR,
 )
 def entrywise(call: NodeCall):
@@ -221,6 +223,18 @@ def xlogy(call: NodeCall):
     def derivatives():
         d_x, d_y, d2_y = arithmetic.xlogy_derivatives(x, y)
         return (d_x, 0.0), (d_y, d2_y)
+
+    return _two_inputs(call, derivatives)
+
+
+@register("HypotBackward0")
+def hypot(call: NodeCall):
+    """z = sqrt(x^2 + y^2) (rules.arithmetic)."""
+    x, y, z = call.saved("self"), call.saved("other"), call.saved("result")
+
+    def derivatives():
+        d_x, d2_x, d_y, d2_y = arithmetic.hypot_derivatives(x, y, z)
+        return (d_x, d2_x), (d_y, d2_y)
 
     return _two_inputs(call, derivatives)
 

@@ -1,5 +1,6 @@
 """Elementwise mathematical functions beyond exp / log / sqrt: trigonometric, hyperbolic, error
-function, log1p, expm1, other bases, logit (formulas: rules.elementwise).
+function and its inverse, log1p, expm1, other bases, logit, log-gamma and digamma (formulas:
+rules.elementwise).
 
 Each is z = sigma(x) entrywise: h_x = sigma'(x)^2 h_z + sigma''(x) g_z (engine.ops.common.unary).
 """
@@ -85,3 +86,18 @@ def exp2(call: NodeCall):
 def logit(call: NodeCall):
     eps = call.saved("eps")
     return unary(call, lambda: elementwise.logit_derivatives(call.saved("self"), eps))
+
+
+@register("ErfinvBackward0")
+def erfinv(call: NodeCall):
+    return unary(call, lambda: elementwise.erfinv_derivatives(call.saved("self")))
+
+
+@register("LgammaBackward0")
+def lgamma(call: NodeCall):
+    return unary(call, lambda: elementwise.lgamma_derivatives(call.saved("self")))
+
+
+@register("DigammaBackward0")
+def digamma(call: NodeCall):
+    return unary(call, lambda: elementwise.digamma_derivatives(call.saved("self")))

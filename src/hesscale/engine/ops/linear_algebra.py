@@ -1,12 +1,14 @@
-"""Matrix products: mm, addmm (nn.Linear), bmm, baddbmm, mv, dot (formulas: rules.matmul)."""
+"""Matrix products: mm, addmm (nn.Linear), bmm, baddbmm, mv, dot, and nn.Bilinear (formulas:
+rules.matmul, rules.bilinear)."""
 
 from __future__ import annotations
 
 from hesscale.engine.call import NodeCall
 from hesscale.engine.ops.common import scaled
 from hesscale.engine.registry import register
-from hesscale.internals import has_saved_value
+from hesscale.internals import has_saved_value, saved_value
 from hesscale.rules import arithmetic, matmul
+from hesscale.rules import bilinear as bilinear_rules
 
 
 def _product(call: NodeCall, left: str, right: str, alpha: float = 1.0):
@@ -76,4 +78,28 @@ def dot(call: NodeCall):
     return (
         arithmetic.product_factor(h, call.saved("tensor")) if call.needs(0) else None,
         arithmetic.product_factor(h, call.saved("self")) if call.needs(1) else None,
+    )
+
+
+# F.bilinear records torch._trilinear(x1, W, x2) with these expansions and summed dims.
+BILINEAR_LAYOUT = {"expand1": (1, 3), "expand2": (0,), "expand3": (1, 2), "sumdim": (2, 3)}
+
+
+def _bilinear_layout(node) -> str | None:
+    if all(saved_value(node, k) == v for k, v in BILINEAR_LAYOUT.items()):
+        return None
+    return "torch._trilinear is supported in the layout F.bilinear / nn.Bilinear records"
+
+
+@register("TrilinearBackward0", check=_bilinear_layout)
+def bilinear(call: NodeCall):
+    """nn.Bilinear, z_k = x1^T W_k x2 (rules.bilinear); each input enters linearly."""
+    h = call.h
+    if h is None:
+        return None, None, None
+    x1, weight, x2 = (call.saved(name) for name in ("i1", "i2", "i3"))
+    return (
+        bilinear_rules.bilinear_first_input(h, weight, x2) if call.needs(0) else None,
+        bilinear_rules.bilinear_weight(h, x1, x2) if call.needs(1) else None,
+        bilinear_rules.bilinear_second_input(h, weight, x1) if call.needs(2) else None,
     )

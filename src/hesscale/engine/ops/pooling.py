@@ -3,6 +3,8 @@ engine.ops.shape)."""
 
 from __future__ import annotations
 
+import torch
+
 from hesscale.engine.call import NodeCall
 from hesscale.engine.ops.shape import zero_one_jacobian
 from hesscale.engine.registry import Kind, register
@@ -93,3 +95,44 @@ def adaptive_avg_pool(call: NodeCall, n: int):
     if h is None:
         return (None,)
     return (pooling.adaptive_avg_pool_input(h, call.saved("self"), n),)
+
+
+# Interpolation: per dim, the 1-d interpolation matrix A (out x in) that the forward pass used
+# (same sizes, scales, align_corners), computed by running torch's kernel on the identity.
+
+
+def _interpolation_matrix(bicubic: bool, size_in: int, size_out: int, align: bool, scale, like):
+    """A[o, i]: output o of the 1-d interpolation of a signal that is 1 at i and 0 elsewhere."""
+    eye = torch.eye(size_in, dtype=like.dtype, device=like.device)
+    if bicubic:  # the cubic kernel exists only in 2-d: a second dim of size 1 is the identity
+        out = torch.ops.aten.upsample_bicubic2d(eye[None, :, :, None], [size_out, 1], align, scale)
+        return out[0, :, :, 0].T
+    return torch.ops.aten.upsample_linear1d(eye[None], [size_out], align, scale)[0].T
+
+
+def _interpolation(scale_names: tuple[str, ...], bicubic: bool = False):
+    """The rule of F.interpolate over ``len(scale_names)`` spatial dims."""
+    n = len(scale_names)
+
+    def interpolation(call: NodeCall):
+        """F.interpolate with mode linear, bilinear, bicubic or trilinear: a separable linear
+        map (rules.pooling.separable_linear_input)."""
+        h = call.h
+        if h is None:
+            return (None,)
+        sizes_in = call.saved("self_sym_sizes")[-n:]
+        sizes_out = call.saved("output_size")
+        align = call.saved("align_corners")
+        matrices = [
+            _interpolation_matrix(bicubic, i, o, align, call.saved(scale), h)
+            for i, o, scale in zip(sizes_in, sizes_out, scale_names, strict=True)
+        ]
+        return (pooling.separable_linear_input(h, matrices),)
+
+    return interpolation
+
+
+register("UpsampleLinear1DBackward0")(_interpolation(("scales",)))
+register("UpsampleBilinear2DBackward0")(_interpolation(("scales_h", "scales_w")))
+register("UpsampleBicubic2DBackward0")(_interpolation(("scales_h", "scales_w"), bicubic=True))
+register("UpsampleTrilinear3DBackward0")(_interpolation(("scales_d", "scales_h", "scales_w")))

@@ -59,7 +59,7 @@ def logsumexp(call: NodeCall):
     x = call.saved("self")
     dims, keepdim = _reduced(call, x)
     result = reductions.unreduce(call.saved("result"), dims, keepdim)
-    derivatives = lambda: reductions.logsumexp_derivatives(x, result)  # noqa: E731
+    derivatives = lambda: reductions.logsumexp_derivatives(x, result, dims)  # noqa: E731
     return (_group_diagonal(call.h, call.g, derivatives, dims, keepdim),)
 
 
@@ -142,3 +142,52 @@ def vector_norm(call: NodeCall):
     norm = reductions.unreduce(call.saved("result"), dims, keepdim)
     derivatives = lambda: reductions.vector_norm_derivatives(x, norm, order)  # noqa: E731
     return (_group_diagonal(call.h, call.g, derivatives, dims, keepdim),)
+
+
+def _along_last(call: NodeCall, rule, *tensors):
+    """Run ``rule`` on ``tensors`` with the node's ``dim`` moved last, and move it back."""
+    dim = call.saved("dim")
+    moved = [None if t is None else t.movedim(dim, -1) for t in tensors]
+    result = rule(*moved)
+    return None if result is None else result.movedim(-1, dim)
+
+
+@register("CumprodBackward0")
+def cumprod(call: NodeCall):
+    """z_k = prod_{j <= k} x_j along dim (rules.reductions.cumprod_input)."""
+    x = call.saved("self")
+    if x.dim() == 0:
+        return (call.h,)
+    return (_along_last(call, reductions.cumprod_input, x, call.h),)
+
+
+@register("LogcumsumexpBackward0")
+def logcumsumexp(call: NodeCall):
+    """z_k = log sum_{j <= k} exp(x_j) along dim (rules.reductions.logcumsumexp_input)."""
+    x, result = call.saved("self"), call.saved("result")
+    if x.dim() == 0:
+        return (call.h,)
+    return (_along_last(call, reductions.logcumsumexp_input, x, result, call.h, call.g),)
+
+
+def _finite_order(node) -> str | None:
+    p = saved_value(node, "p")
+    if p == 0 or (1 <= p < math.inf):
+        return None
+    return (
+        f"torch.cdist with p={p}: rules exist for p = 0 and finite p >= 1 (p < 1 has infinite "
+        "curvature at 0, p = inf selects one coordinate per pair)"
+    )
+
+
+@register("CdistBackward0", check=_finite_order)
+def cdist(call: NodeCall):
+    """z_ab = ||x1_a - x2_b||_p (rules.reductions.pairwise_distance_inputs)."""
+    x1, x2 = call.saved("x1"), call.saved("x2")
+    p = call.saved("p")
+    if p == 0:  # counts non-zero differences: zero derivative
+        return None, None
+    h_d = reductions.pairwise_distance_inputs(x1, x2, call.saved("result"), call.h, call.g, p)
+    if h_d is None:
+        return None, None
+    return (h_d.sum(-2) if call.needs(0) else None, h_d.sum(-3) if call.needs(1) else None)

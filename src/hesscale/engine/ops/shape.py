@@ -41,6 +41,11 @@ RESHAPE = VIEW | Kind.LAYOUT | Kind.LOSS_COMBINER  # HesScaleGN looks through th
     "UnsqueezeBackward1",
     "ExpandBackward0",
     "AsStridedBackward0",
+    "AsStridedBackward1",  # as_strided of a non-contiguous input (adaptive pooling of a view)
+    "Im2ColBackward0",  # F.unfold: every output entry is one input entry (or padding)
+    "Col2ImBackward0",  # F.fold: every input entry is summed into one output entry
+    "DiagEmbedBackward0",
+    "Rot90Backward0",
     "DiagonalBackward0",
     "UnfoldBackward0",
     "RepeatBackward0",
@@ -117,7 +122,14 @@ RESHAPE = VIEW | Kind.LAYOUT | Kind.LOSS_COMBINER  # HesScaleGN looks through th
     kind=ZERO_ONE,
     family="activations",
 )
-@register("FracBackward0", kind=ZERO_ONE, family="arithmetic")  # x - trunc(x): slope 1
+@register(
+    "FracBackward0",  # x - trunc(x): slope 1
+    "RemainderBackward0",  # x - floor(x / c) c for a number c: slope 1
+    "FmodBackward0",  # x - trunc(x / c) c: slope 1
+    "NanToNumBackward0",  # finite entries passed, NaN and infinities replaced by constants
+    kind=ZERO_ONE,
+    family="arithmetic",
+)
 def zero_one_jacobian(call: NodeCall):
     """h_x = J^T h_z: the node's backward formula applied to the diagonal."""
     if all(h is None for h in call.h_out):

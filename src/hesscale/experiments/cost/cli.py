@@ -84,8 +84,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("results/cost"),
-        help="where cost.csv, cost.json, cost.txt and cost.png go",
+        help="where cost.csv, cost.json, cost.txt and cost.png go (default: results/cost/MODEL; "
+        "a folder that already holds results is refused unless --force)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite the results already in --out"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -100,12 +103,12 @@ def main(args: argparse.Namespace) -> int:
             return 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(
-            f"hesscale cost: skipped: --device {args.device} was asked for but CUDA is not "
-            "available here (torch.cuda.is_available() is False); nothing was measured. "
-            "Run with --device cpu, or on a machine with a GPU.",
+            f"hesscale cost: --device {args.device} was asked for but CUDA is not available "
+            "here (torch.cuda.is_available() is False); nothing was measured. Run with "
+            "--device cpu, or on a machine with a GPU.",
             file=sys.stderr,
         )
-        return 0
+        return 1
     if args.device != "cpu" and not args.device.startswith("cuda"):
         print(
             f"hesscale cost: --device must be cpu or cuda[:N], got {args.device!r}", file=sys.stderr
@@ -118,8 +121,37 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    methods = args.methods or list(METHODS)
+    out = args.out or Path("results/cost") / args.model
+    if not args.force and (out / "cost.json").exists():
+        print(
+            f"hesscale cost: {out} already holds results; pass --out DIR to keep them, or "
+            "--force to overwrite them.",
+            file=sys.stderr,
+        )
+        return 2
     results: list[Result] = []
+    try:
+        _measure_all(args, results)
+    except Exception as error:  # keep what was measured; one line, no traceback
+        kept = f"; the {len(results)} results measured before it" if results else ""
+        if results:
+            write_outputs(results, out)
+            kept += f" are in {out}"
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(
+            f"hesscale cost: stopped: {type(error).__name__}: {first_line}{kept}.",
+            file=sys.stderr,
+        )
+        return 1 if results else 2
+    for path in write_outputs(results, out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _measure_all(args: argparse.Namespace, results: list[Result]) -> None:
+    """Measure every configuration the arguments ask for, appending to ``results`` as each
+    block is done (so that a failure later keeps them)."""
+    methods = args.methods or list(METHODS)
     for threads in args.threads:
         for depth in args.depths or DEFAULT_DEPTHS[args.model]:
             too_slow: set[str] = set()  # too slow at a smaller width: skip at larger ones
@@ -149,6 +181,3 @@ def main(args: argparse.Namespace) -> int:
                 too_slow |= {r.method for r in block if r.status.startswith(TOO_SLOW)}
                 print(format_table(block), flush=True)
                 results += block
-    for path in write_outputs(results, args.out):
-        print(f"wrote {path}")
-    return 0

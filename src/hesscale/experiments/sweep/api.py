@@ -9,7 +9,9 @@ and classes (defined in a module, or in the main script under
 
 from __future__ import annotations
 
+import ast
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,13 @@ def run_sweep(
     for option, value in (("jobs", jobs), ("threads", threads)):
         if value is not None and value < 1:
             raise SpecError(f"{option} must be at least 1, got {value}.")
+    if jobs is not None and jobs > 1 and called_from_unguarded_script():
+        raise SpecError(
+            f"run_sweep(..., jobs={jobs}) starts worker processes that import your script "
+            "again (Python's 'spawn' start method), and your script calls run_sweep at its top "
+            "level, so every worker would start the sweep anew and fail. Put the call under "
+            'if __name__ == "__main__": (or in a function called from there), or use jobs=1.'
+        )
     checked, folder, runs = prepare(
         spec, out_dir=out_dir, learners=learners, data_dir=data_dir, threads=threads
     )
@@ -92,3 +101,33 @@ def run_sweep(
         pending = [r for rs in runs.values() for r in rs if not is_complete(r.log)]
         run_local(pending, jobs, threads, progress)
     return runs
+
+
+def called_from_unguarded_script() -> bool:
+    """Whether the main script calls this from its top level, outside an
+    ``if __name__ == "__main__":`` block (the workers of a process pool import the main script
+    again, as ``__mp_main__``, and would run that call too)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_globals.get("__name__")
+        if name in ("__main__", "__mp_main__") and frame.f_code.co_name == "<module>":
+            path = frame.f_globals.get("__file__")
+            return path is not None and not _inside_name_check(Path(path), frame.f_lineno)
+        frame = frame.f_back
+    return False
+
+
+def _inside_name_check(script: Path, line: int) -> bool:
+    """Whether ``line`` of ``script`` lies in a top-level ``if`` that tests ``__name__``
+    (True when the script cannot be read: nothing to warn about)."""
+    try:
+        tree = ast.parse(script.read_text())
+    except (OSError, SyntaxError, ValueError):
+        return True
+    for statement in tree.body:
+        if statement.lineno <= line <= (statement.end_lineno or statement.lineno):
+            return isinstance(statement, ast.If) and any(
+                isinstance(node, ast.Name) and node.id == "__name__"
+                for node in ast.walk(statement.test)
+            )
+    return True

@@ -17,7 +17,9 @@ EXIT_INTERRUPTED = 130
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = sweep.__doc__.split("\n", 1)[1]
+    paragraphs = sweep.__doc__.split("\n", 1)[1].strip("\n").split("\n\n")
+    # what a user needs, without the package's notes on its own modules
+    parser.description = "\n\n".join(p for p in paragraphs if not p.startswith("Modules:"))
     parser.add_argument("spec", nargs="?", help="spec file, or a shipped spec's name")
     parser.add_argument(
         "--list", action="store_true", help="list the shipped specs: what each is, how many runs"

@@ -67,7 +67,12 @@ def run_local(pending: list[PlannedRun], jobs: int, threads: int, progress: bool
             _terminate(executor)
             raise
         except BrokenProcessPool:
-            print("\nA worker process died (out of memory?); run again to resume.", file=sys.stderr)
+            print(
+                "\nA worker process died (killed, e.g. out of memory, or it could not start: a "
+                'script that starts a sweep with several jobs needs if __name__ == "__main__":); '
+                "run again to resume.",
+                file=sys.stderr,
+            )
             return False
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
