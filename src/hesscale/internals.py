@@ -184,3 +184,48 @@ def adaptive_avg_pool_backward(grad: Tensor, x: Tensor, spatial_dims: int) -> Te
 def output_count(node: Node) -> int:
     """How many forward outputs ``node`` has (the gradients its backward formula takes)."""
     return len(node._input_metadata)
+
+
+# --- nodes only CUDA / ROCm builds record ----------------------------------------------------
+# A CPU run never records these, so their saved attributes are checked against the declarations
+# in the installed wheel (torch/include/torch/csrc/autograd/generated/Functions.h) by
+# tests/test_internals.py, and each rule is tested on stand-in nodes holding those attributes.
+
+# The name a batch-norm node gives eps (the saved tensors are the same for all three: input,
+# weight, running_mean, running_var, training, result1 = batch mean, result2 = batch invstd).
+BATCH_NORM_EPSILON = {
+    "NativeBatchNormBackward0": "eps",
+    "CudnnBatchNormBackward0": "epsilon",
+    "MiopenBatchNormBackward0": "epsilon",
+}
+
+# What each such node saves that a rule reads (the names of derivatives.yaml).
+GPU_NODE_SAVED = {
+    "CudnnBatchNormBackward0": (
+        "input", "weight", "running_mean", "running_var", "training", "epsilon", "result1",
+        "result2",
+    ),
+    "MiopenBatchNormBackward0": (
+        "input", "weight", "running_mean", "running_var", "training", "epsilon", "result1",
+        "result2",
+    ),
+    # _cudnn_rnn: result0 is the output sequence; weight the flat parameter list
+    # (weight_stride0 tensors per layer and direction: w_ih, w_hh[, b_ih, b_hh][, w_hr])
+    "CudnnRnnBackward0": (
+        "input", "weight", "weight_stride0", "hx", "cx", "mode", "hidden_size", "proj_size",
+        "num_layers", "batch_first", "dropout", "train", "bidirectional", "batch_sizes",
+        "result0",
+    ),
+    "ScaledDotProductFlashAttentionBackward0": (
+        "query", "key", "value", "logsumexp", "scale", "is_causal", "dropout_p",
+    ),
+    "ScaledDotProductEfficientAttentionBackward0": (
+        "query", "key", "value", "log_sumexp", "attn_bias", "scale", "is_causal", "dropout_p",
+    ),
+    "ScaledDotProductCudnnAttentionBackward0": (
+        "query", "key", "value", "logsumexp", "attn_bias", "scale", "is_causal", "dropout_p",
+    ),
+}  # fmt: skip
+
+# cuDNN's recurrent modes (_cudnn_rnn's ``mode``, as torch numbers them)
+CUDNN_RNN_MODES = {0: "RNN_RELU", 1: "RNN_TANH", 2: "LSTM", 3: "GRU"}

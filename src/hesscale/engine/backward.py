@@ -84,7 +84,11 @@ class DiagonalBackward:
         inputs: Sequence[Tensor] | None,
         retain_graph: bool | None,
         gradient: Tensor | None = None,
+        *,
+        across_ranks: bool = True,
     ) -> None:
+        """Run the pass; ``across_ranks=False`` skips the average over a distributed job's
+        ranks (for the engine's own inner passes, hesscale.engine.decomposed)."""
         self.accumulates = [
             {id(leaf) for leaf in self.graph.leaves.values() if _continues(leaf, variant)}
             for variant in self.variants
@@ -105,7 +109,7 @@ class DiagonalBackward:
             for handle in handles:
                 handle.remove()
         self._write_leaves()
-        if distributed.active():
+        if across_ranks and distributed.active():
             distributed.average_over_ranks(self.graph.leaves.values(), self.variants)
 
     # the per-node step ---------------------------------------------------------------------
