@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from hesscale.rules.precision import promote, upcast, working_dtype
+from hesscale.rules.softmax import complement
 
 
 def _reduce_scale(reduction: str, normaliser: Tensor | float) -> Tensor | float:
@@ -65,7 +66,7 @@ def cross_entropy_diag(
             label_smoothing / num_classes * class_weight.sum()
         )
         normaliser = target_weight.sum()
-    h = coefficient.unsqueeze(1) * (probs - probs.square())
+    h = coefficient.unsqueeze(1) * (probs * complement(probs, 1))
     h = h * _reduce_scale(reduction, normaliser)
     return h.squeeze(0) if unbatched else h
 

@@ -14,6 +14,7 @@ log-softmax, z = x - logsumexp(x), dz_k/dx_i = d_ki - p_i:
 The first terms are computed as written, sums of non-negative terms for D >= 0 (the sum over
 k != i as the full sum minus term i, which rounding cannot make negative): so HesScaleGN's
 diagonal stays >= 0 in floating point, where (1 - 2 p_i) D_i + p_i^2 sum_k D_k cancels.
+log-softmax takes 1 - p_i from ``complement``, exact also for a confident prediction.
 """
 
 from __future__ import annotations
@@ -48,11 +49,21 @@ def log_softmax_input(
     """Diagonal w.r.t. the input of log-softmax; ``probs`` is exp of its output. ``h_out`` or
     ``g_out`` may be None (zero)."""
     probs, h_out, g_out = promote(probs, h_out, g_out)
+    not_probs = complement(probs, dim)
     h_in = None
     if h_out is not None:
         others = h_out.sum(dim, keepdim=True) - h_out
-        h_in = (1 - probs).square() * h_out + probs.square() * others
+        h_in = not_probs.square() * h_out + probs.square() * others
     if g_out is not None:
-        curvature = (probs - probs.square()).mul_(-g_out.sum(dim, keepdim=True))
+        curvature = (probs * not_probs).mul_(-g_out.sum(dim, keepdim=True))
         h_in = curvature if h_in is None else h_in.add_(curvature)
     return h_in
+
+
+def complement(probs: Tensor, dim: int) -> Tensor:
+    """1 - p for probabilities along ``dim``, accurate also for a confident prediction: at the
+    largest p (the only one that can be near 1, where 1 - p keeps few of the dtype's digits)
+    it is the sum of the other, small, p_j, which carry their full relative precision."""
+    top = probs.argmax(dim, keepdim=True)
+    rest = probs.scatter(dim, top, 0).sum(dim, keepdim=True)
+    return (1 - probs).scatter_(dim, top, rest)
