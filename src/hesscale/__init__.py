@@ -10,6 +10,7 @@ __version__ = "0.1.0"  # the one source of the version (pyproject.toml reads it)
 # torch and BackPACK until something needs them.
 _LAZY = {
     "backward": "hesscale.engine",
+    "compile": "hesscale.engine.compiled",
     "enable": "hesscale.engine",
     "supported_operations": "hesscale.engine",
     "HesScale": "hesscale.extensions",
@@ -35,6 +36,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "backward",
+    "compile",
     "enable",
     "supported_operations",
     "UnsupportedOperationError",

@@ -229,3 +229,59 @@ GPU_NODE_SAVED = {
 
 # cuDNN's recurrent modes (_cudnn_rnn's ``mode``, as torch numbers them)
 CUDNN_RNN_MODES = {0: "RNN_RELU", 1: "RNN_TANH", 2: "LSTM", 3: "GRU"}
+
+
+# --- tracing for hesscale.compile --------------------------------------------------------------
+
+
+def trace_aten(fn: Callable, *args: Any) -> tuple[torch.fx.GraphModule, list[Tensor]]:
+    """``fn`` traced into one graph of ATen operations on fake tensors (no real computation,
+    no side effects), autograd's backward pass included (``make_fx``).
+
+    Tensors ``fn`` reads that are not among ``args`` (closed over, or attributes of a module
+    that are neither parameters nor buffers) are lifted to extra inputs after ``args``, so that
+    the graph reads their current values on every call; returns (graph, those tensors). The
+    graph takes its inputs flat and positionally."""
+    import operator
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    graph_module = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*args)
+    graph = graph_module.graph
+    graph._codegen = torch.fx.graph.CodeGen()  # plain positional inputs and outputs
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    constants = []
+    for node in [n for n in graph.nodes if n.op == "get_attr"]:
+        value = operator.attrgetter(node.target)(graph_module)
+        if not isinstance(value, Tensor):
+            continue
+        with graph.inserting_after(placeholders[-1]):
+            placeholders.append(graph.placeholder(f"lifted_{len(constants)}"))
+        node.replace_all_uses_with(placeholders[-1])
+        graph.erase_node(node)
+        constants.append(value)
+    graph_module.recompile()
+    return graph_module, constants
+
+
+def reparametrized(module: torch.nn.Module, tensors: dict[str, Tensor]):
+    """A context in which ``module``'s parameters and buffers named in ``tensors`` are those
+    tensors (what ``torch.func.functional_call`` does around a call of the module)."""
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    return _reparametrize_module(module, tensors, tie_weights=True)
+
+
+def compiled_module_types() -> tuple[type, ...]:
+    """The wrapper class ``torch.compile(module)`` returns (its original is ``_orig_mod``)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return (OptimizedModule,)
+
+
+def inline_compiled_code():
+    """A context in which code wrapped with ``torch.compile`` runs as plain Python when traced
+    (dynamo otherwise refuses to be traced into: ``error_on_nested_fx_trace``)."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(error_on_nested_fx_trace=False)

@@ -163,12 +163,19 @@ class DiagonalBackward:
         sums into the previous ``leaf.grad`` (see ``_continues``)."""
         for v, variant in enumerate(self.variants):
             for key, (leaf, h) in self.leaf_diagonals[v].items():
-                h = torch.zeros_like(leaf) if h is None else h.to(leaf.dtype)
-                if key in self.accumulates[v]:
-                    h = getattr(leaf, variant) + h
-                if leaf.grad is not None:
-                    h._hesscale_grad_stamp = grad_stamp(leaf.grad)
-                setattr(leaf, variant, h)
+                store_diagonal(leaf, variant, h, key in self.accumulates[v])
+
+
+def store_diagonal(leaf: Tensor, variant: str, h: Tensor | None, accumulate: bool) -> None:
+    """Set ``leaf.<variant>`` to ``h`` (None: zeros), added to the previous value when
+    ``accumulate`` (``_continues``, decided before the gradient changed), and stamped with the
+    gradient it belongs to."""
+    h = torch.zeros_like(leaf) if h is None else h.to(leaf.dtype)
+    if accumulate:
+        h = getattr(leaf, variant) + h
+    if leaf.grad is not None:
+        h._hesscale_grad_stamp = grad_stamp(leaf.grad)
+    setattr(leaf, variant, h)
 
 
 def _continues(leaf: Tensor, variant: str) -> bool:
