@@ -20,10 +20,16 @@ FIELDS = {False: ("hesscale",), True: ("hesscale_gn",), "both": ("hesscale", "he
 
 
 def assert_same_results(model, reference, fields, rtol=1e-5):
-    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
-        for field in ("grad", *fields):
+    """Per parameter and field, the largest difference relative to the largest entry (or to
+    1e-3 of the field's largest entry over all parameters, for results that are zero but for
+    rounding: the gradient of a bias followed by batch norm)."""
+    pairs = list(zip(model.named_parameters(), reference.parameters(), strict=True))
+    for field in ("grad", *fields):
+        overall = max(getattr(q, field).abs().max().item() for _, q in pairs)
+        for (name, p), q in pairs:
             got, want = getattr(p, field), getattr(q, field)
-            error = ((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
+            scale = max(want.abs().max().item(), 1e-3 * overall)
+            error = (got - want).abs().max().item() / scale
             assert error <= rtol, f"{name}.{field}: relative error {error:.2e}"
     for b, c in zip(model.buffers(), reference.buffers(), strict=True):
         torch.testing.assert_close(b, c, rtol=rtol, atol=1e-7)

@@ -112,8 +112,10 @@ def cudnn_rnn(call: NodeCall):
 
     inputs = [x, *flat, hx, cx if mode == "LSTM" else None]
     inputs = [None if t is None else t.to(dtype) for t in inputs]
-    needs = [call.needs(i) for i in range(len(call.grad_in))]
-    return decomposition_diagonals(stack, inputs, needs, h_out, g_out, call.second_order)
+    n_in = len(call.grad_in)  # x, the weights, hx, cx (an edge even where cx is undefined)
+    needs = [i < n_in and call.needs(i) for i in range(len(inputs))]
+    diagonals = decomposition_diagonals(stack, inputs, needs, h_out, g_out, call.second_order)
+    return diagonals[:n_in]
 
 
 def _layer_weights(weights, has_biases: bool, projected: bool):
