@@ -41,18 +41,21 @@ def mlp():
 
 
 def small_resnet():
-    """Convolutions, batch norm (train mode), ReLU in place, a residual sum, pooling."""
+    """Convolutions (without bias before batch norm, as in torchvision's ResNets: that
+    gradient is zero but for rounding), batch norm (train mode), ReLU in place, a residual
+    sum, pooling."""
 
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
 
         def forward(self, x):
             return F.relu(x + self.bn(self.conv(x)), inplace=True)
 
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), Block(),
+    return nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                         Block(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))  # fmt: skip
 
 
