@@ -188,6 +188,16 @@ class _Opaque(torch.autograd.Function):
         return grad * 2
 
 
+def test_refuses_to_run_in_a_distributed_job(monkeypatch):
+    from hesscale.engine import distributed
+
+    model = mlp()
+    step = hesscale.compile(lambda x, y: F.cross_entropy(model(x), y), backend="eager")
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    with pytest.raises(HesScaleError, match="distributed"):
+        step(*batch(5))
+
+
 def test_an_unsupported_operation_is_refused_as_in_eager():
     model = mlp()
     step = hesscale.compile(lambda x, y: F.cross_entropy(_Opaque.apply(model(x)), y),

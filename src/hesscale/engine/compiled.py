@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from hesscale.engine import distributed
 from hesscale.engine import graph as graphs
 from hesscale.engine.backward import DiagonalBackward, _continues, store_diagonal, variants_of
 from hesscale.errors import HesScaleError
@@ -91,6 +92,12 @@ class CompiledStep:
         return len(self._graphs)
 
     def __call__(self, *args: Any) -> Tensor:
+        if distributed.active():
+            raise HesScaleError(
+                "hesscale.compile does not run in a distributed job: its compiled step neither "
+                "synchronises gradients as DistributedDataParallel does nor averages the "
+                "diagonals over ranks. Use hesscale.backward there."
+            )
         state = _State(self.modules)
         flat_args, spec = pytree.tree_flatten(args)
         key = (spec, tuple(_describe(a, i) for i, a in enumerate(flat_args)), *state.describe())
