@@ -14,6 +14,7 @@ if "torch" in sys.modules:  # note DDP modules from now on (cheap once torch is 
 # torch and BackPACK until something needs them.
 _LAZY = {
     "backward": "hesscale.engine",
+    "compile": "hesscale.engine.compiled",
     "enable": "hesscale.engine",
     "supported_operations": "hesscale.engine",
     "HesScale": "hesscale.extensions",
@@ -39,6 +40,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "backward",
+    "compile",
     "enable",
     "supported_operations",
     "UnsupportedOperationError",

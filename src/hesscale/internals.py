@@ -212,3 +212,104 @@ def adaptive_avg_pool_backward(grad: Tensor, x: Tensor, spatial_dims: int) -> Te
 def output_count(node: Node) -> int:
     """How many forward outputs ``node`` has (the gradients its backward formula takes)."""
     return len(node._input_metadata)
+
+
+# --- nodes only CUDA / ROCm builds record ----------------------------------------------------
+# A CPU run never records these, so their saved attributes are checked against the declarations
+# in the installed wheel (torch/include/torch/csrc/autograd/generated/Functions.h) by
+# tests/test_internals.py, and each rule is tested on stand-in nodes holding those attributes.
+
+# The name a batch-norm node gives eps (the saved tensors are the same for all three: input,
+# weight, running_mean, running_var, training, result1 = batch mean, result2 = batch invstd).
+BATCH_NORM_EPSILON = {
+    "NativeBatchNormBackward0": "eps",
+    "CudnnBatchNormBackward0": "epsilon",
+    "MiopenBatchNormBackward0": "epsilon",
+}
+
+# What each such node saves that a rule reads (the names of derivatives.yaml).
+GPU_NODE_SAVED = {
+    "CudnnBatchNormBackward0": (
+        "input", "weight", "running_mean", "running_var", "training", "epsilon", "result1",
+        "result2",
+    ),
+    "MiopenBatchNormBackward0": (
+        "input", "weight", "running_mean", "running_var", "training", "epsilon", "result1",
+        "result2",
+    ),
+    # _cudnn_rnn: result0 is the output sequence; weight the flat parameter list
+    # (weight_stride0 tensors per layer and direction: w_ih, w_hh[, b_ih, b_hh][, w_hr])
+    "CudnnRnnBackward0": (
+        "input", "weight", "weight_stride0", "hx", "cx", "mode", "hidden_size", "proj_size",
+        "num_layers", "batch_first", "dropout", "train", "bidirectional", "batch_sizes",
+        "result0",
+    ),
+    "ScaledDotProductFlashAttentionBackward0": (
+        "query", "key", "value", "logsumexp", "scale", "is_causal", "dropout_p",
+    ),
+    "ScaledDotProductEfficientAttentionBackward0": (
+        "query", "key", "value", "log_sumexp", "attn_bias", "scale", "is_causal", "dropout_p",
+    ),
+    "ScaledDotProductCudnnAttentionBackward0": (
+        "query", "key", "value", "logsumexp", "attn_bias", "scale", "is_causal", "dropout_p",
+    ),
+}  # fmt: skip
+
+# cuDNN's recurrent modes (_cudnn_rnn's ``mode``, as torch numbers them)
+CUDNN_RNN_MODES = {0: "RNN_RELU", 1: "RNN_TANH", 2: "LSTM", 3: "GRU"}
+
+
+# --- tracing for hesscale.compile --------------------------------------------------------------
+
+
+def trace_aten(fn: Callable, *args: Any) -> tuple[torch.fx.GraphModule, list[Tensor]]:
+    """``fn`` traced into one graph of ATen operations on fake tensors (no real computation,
+    no side effects), autograd's backward pass included (``make_fx``).
+
+    Tensors ``fn`` reads that are not among ``args`` (closed over, or attributes of a module
+    that are neither parameters nor buffers) are lifted to extra inputs after ``args``, so that
+    the graph reads their current values on every call; returns (graph, those tensors). The
+    graph takes its inputs flat and positionally."""
+    import operator
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    graph_module = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*args)
+    graph = graph_module.graph
+    graph._codegen = torch.fx.graph.CodeGen()  # plain positional inputs and outputs
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    constants = []
+    for node in [n for n in graph.nodes if n.op == "get_attr"]:
+        value = operator.attrgetter(node.target)(graph_module)
+        if not isinstance(value, Tensor):
+            continue
+        with graph.inserting_after(placeholders[-1]):
+            placeholders.append(graph.placeholder(f"lifted_{len(constants)}"))
+        node.replace_all_uses_with(placeholders[-1])
+        graph.erase_node(node)
+        constants.append(value)
+    graph_module.recompile()
+    return graph_module, constants
+
+
+def reparametrized(module: torch.nn.Module, tensors: dict[str, Tensor]):
+    """A context in which ``module``'s parameters and buffers named in ``tensors`` are those
+    tensors (what ``torch.func.functional_call`` does around a call of the module)."""
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    return _reparametrize_module(module, tensors, tie_weights=True)
+
+
+def compiled_module_types() -> tuple[type, ...]:
+    """The wrapper class ``torch.compile(module)`` returns (its original is ``_orig_mod``)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return (OptimizedModule,)
+
+
+def inline_compiled_code():
+    """A context in which code wrapped with ``torch.compile`` runs as plain Python when traced
+    (dynamo otherwise refuses to be traced into: ``error_on_nested_fx_trace``)."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(error_on_nested_fx_trace=False)

@@ -85,7 +85,11 @@ class DiagonalBackward:
         inputs: Sequence[Tensor] | None,
         retain_graph: bool | None,
         gradient: Tensor | None = None,
+        *,
+        across_ranks: bool = True,
     ) -> None:
+        """Run the pass; ``across_ranks=False`` skips the average over a distributed job's
+        ranks (for the engine's own inner passes, hesscale.engine.decomposed)."""
         # non-leaf tensors named in inputs=: they get the diagonal their producer receives
         self.captured = {(t.grad_fn, t.output_nr): t for t in inputs or () if t.grad_fn is not None}
         targets = [*self.graph.leaves.values(), *self.captured.values()]
@@ -94,7 +98,7 @@ class DiagonalBackward:
             for variant in self.variants
         ]
         averaging = None
-        if distributed.active():  # decided before autograd changes the gradients
+        if across_ranks and distributed.active():  # decided before autograd changes gradients
             averaging = distributed.Averaging(distributed.modules_of(self.graph), self.variants)
         # reshuffles run in their consumers' hooks; not with inputs=, where autograd may skip
         # a reshuffle whose input needs no gradient for these inputs
@@ -190,11 +194,18 @@ class DiagonalBackward:
         sums into the previous ``leaf.grad`` (see ``hesscale.accumulation``)."""
         for v, variant in enumerate(self.variants):
             for key, (leaf, h) in self.leaf_diagonals[v].items():
-                h = torch.zeros_like(leaf) if h is None else h.to(leaf.dtype)
-                if key in self.accumulates[v]:
-                    h = getattr(leaf, variant) + h
-                setattr(leaf, variant, h)
-                accumulation.record(leaf, variant, h)
+                store_diagonal(leaf, variant, h, key in self.accumulates[v])
+
+
+def store_diagonal(leaf: Tensor, variant: str, h: Tensor | None, accumulate: bool) -> None:
+    """Set ``leaf.<variant>`` to ``h`` (None: zeros), added to the previous value when
+    ``accumulate`` (``hesscale.accumulation.continues``, decided before the gradient changed),
+    and note the gradient it belongs to."""
+    h = torch.zeros_like(leaf) if h is None else h.to(leaf.dtype)
+    if accumulate:
+        h = getattr(leaf, variant) + h
+    setattr(leaf, variant, h)
+    accumulation.record(leaf, variant, h)
 
 
 def _apply(rule, node, h_out, grad_outputs, grad_inputs, second_order: bool) -> list:

@@ -151,9 +151,9 @@ register_unsupported(
     "CompiledFunctionBackward",
     advice=(
         "It stands for a region compiled with torch.compile, whose operations autograd does not "
-        "record one by one, so HesScale cannot see them. Run the forward pass of the uncompiled "
-        "model for the steps that need diagonals (torch.compile(model) keeps the original as "
-        "model._orig_mod), or compile only parts that need no diagonal."
+        "record one by one, so HesScale cannot see them. Compile the whole step instead, "
+        "hesscale.compile(fn) with fn computing the loss (it traces the diagonal too), or run "
+        "the uncompiled model (torch.compile(model) keeps it as model._orig_mod)."
     ),
 )
 register_unsupported(

@@ -158,3 +158,86 @@ def _backward_in_time(coefficients: dict, w_hh, output, h_outs, g_outs):
             state_h = torch.bmm(pre_t.view(rows, batch, -1), weight)
         into_c = state_c * forget[t]
     return pre[0], state_h[0], into_c[0]
+
+
+# A whole stack of recurrent layers, as torch's native (non-fused) kernels record it ----------
+#
+# cuDNN runs a multi-layer, possibly bidirectional RNN as one fused operation. Its definition is
+# the operations torch's own kernels record for the same call (aten's RNN cells, which
+# torch._decomp mirrors), written out below; the engine evaluates the HesScale definition on
+# them (hesscale.engine.decomposed). Per layer and direction, with x the layer's input sequence:
+#
+#   a = linear(x, W_ih, b_ih)                   (all steps at once)
+#   RNN:  h_t = act(linear(h_{t-1}, W_hh, b_hh) + a_t),   act = tanh or relu
+#   LSTM: [i | f | g | o] = linear(h_{t-1}, W_hh, b_hh) + a_t,  c_t = sigmoid(f) * c_{t-1} +
+#         sigmoid(i) * tanh(g),  h_t = sigmoid(o) * tanh(c_t)  [, h_t = linear(h_t, W_hr)]
+#   GRU:  [r | z | n] of a_t and of u = linear(h_{t-1}, W_hh, b_hh): r = sigmoid(u_r + a_r),
+#         z = sigmoid(u_z + a_z), n = tanh(a_n + u_n * r),  h_t = (h_{t-1} - n) * z + n
+#
+# A reversed direction runs over the flipped sequence; the next layer reads both directions'
+# outputs concatenated. (Written out, not shared with the LSTM layer formula above: these are
+# the operations themselves, whose rules the engine applies one by one.)
+
+
+def _rnn_step(mode: str, a_t, h, c, w_hh, b_hh, w_hr):
+    u = torch.nn.functional.linear(h, w_hh, b_hh)
+    if mode in ("RNN_TANH", "RNN_RELU"):
+        pre = u + a_t
+        return (torch.tanh(pre) if mode == "RNN_TANH" else torch.relu(pre)), None
+    if mode == "LSTM":
+        i, f, g, o = (u + a_t).chunk(4, -1)
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        h = o.sigmoid() * c.tanh()
+        return (h if w_hr is None else torch.nn.functional.linear(h, w_hr)), c
+    a_r, a_z, a_n = a_t.chunk(3, -1)
+    u_r, u_z, u_n = u.chunk(3, -1)
+    r, z = (u_r + a_r).sigmoid(), (u_z + a_z).sigmoid()
+    n = (a_n + u_n * r).tanh()
+    return (h - n) * z + n, None
+
+
+def rnn_layer(mode: str, x: Tensor, h0: Tensor, c0: Tensor | None, weights, reverse: bool):
+    """One layer and direction over the time-major sequence ``x`` (T, N, I): (outputs, last h,
+    last c). ``weights`` = (W_ih, W_hh, b_ih, b_hh, W_hr), None where absent."""
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    a = torch.nn.functional.linear(x, w_ih, b_ih)
+    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+    h, c, outputs = h0, c0, []
+    for t in steps:
+        h, c = _rnn_step(mode, a[t], h, c, w_hh, b_hh, w_hr)
+        outputs.append(h)
+    if reverse:
+        outputs.reverse()
+    return torch.stack(outputs), h, c
+
+
+def rnn_stack(
+    mode: str,
+    x: Tensor,
+    hx: Tensor,
+    cx: Tensor | None,
+    weights: list,
+    num_layers: int,
+    bidirectional: bool,
+    batch_first: bool,
+):
+    """A stack of ``num_layers`` layers (both directions each when ``bidirectional``), as
+    nn.RNN / nn.LSTM / nn.GRU compute it without dropout: (outputs of the last layer, h_n, c_n),
+    h_n and c_n stacked over layers and directions (c_n None but for the LSTM). ``weights``
+    holds one (W_ih, W_hh, b_ih, b_hh, W_hr) per layer and direction."""
+    directions = 2 if bidirectional else 1
+    sequence = x.transpose(0, 1) if batch_first else x
+    last_h, last_c = [], []
+    for layer in range(num_layers):
+        outputs = []
+        for d in range(directions):
+            k = layer * directions + d
+            out, h, c = rnn_layer(
+                mode, sequence, hx[k], None if cx is None else cx[k], weights[k], reverse=d == 1
+            )
+            outputs.append(out)
+            last_h.append(h)
+            last_c.append(c)
+        sequence = torch.cat(outputs, -1) if directions == 2 else outputs[0]
+    output = sequence.transpose(0, 1) if batch_first else sequence
+    return output, torch.stack(last_h), None if cx is None else torch.stack(last_c)

@@ -70,11 +70,12 @@ def log_softmax_input(
     """Diagonal w.r.t. the input of log-softmax; ``probs`` is exp of its output. ``h_out`` or
     ``g_out`` may be None (zero)."""
     probs, h_out, g_out = promote(probs, h_out, g_out)
+    not_probs = complement(probs, dim)
     h_in = None
     if h_out is not None:
         others = h_out.sum(dim, keepdim=True) - h_out
-        h_in = complement(probs, dim).square() * h_out + probs.square() * others
+        h_in = not_probs.square() * h_out + probs.square() * others
     if g_out is not None:
-        curvature = (probs * complement(probs, dim)).mul_(-g_out.sum(dim, keepdim=True))
+        curvature = (probs * not_probs).mul_(-g_out.sum(dim, keepdim=True))
         h_in = curvature if h_in is None else h_in.add_(curvature)
     return h_in

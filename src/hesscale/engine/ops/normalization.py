@@ -11,6 +11,7 @@ from __future__ import annotations
 from hesscale.engine.call import NodeCall
 from hesscale.engine.registry import register
 from hesscale.errors import HesScaleError
+from hesscale.internals import BATCH_NORM_EPSILON
 from hesscale.rules import normalization as norm
 
 
@@ -18,11 +19,13 @@ def _channel_view(values, ndim: int):
     return None if values is None else values.view(1, -1, *([1] * (ndim - 2)))
 
 
-@register("NativeBatchNormBackward0")
+@register(*BATCH_NORM_EPSILON)
 def batch_norm(call: NodeCall):
     """z = w * y + b per channel (dim 1). Train mode: y standardises each channel over batch
     and space with the batch's statistics (saved mean and invstd); eval mode: with the
-    running statistics, an affine map per channel."""
+    running statistics, an affine map per channel. The same for torch's own kernel and for
+    cuDNN's and MIOpen's (CUDA / ROCm), which save the same tensors (their saved variance is
+    the inverse standard deviation too) and name eps ``epsilon``."""
     h, g = call.h, call.g
     if h is None and g is None:
         return None, None, None
@@ -32,7 +35,7 @@ def batch_norm(call: NodeCall):
     h_x = h_w = h_b = None
     if h is not None:  # linear in x: no curvature
         running_mean, running_var = call.saved("running_mean"), call.saved("running_var")
-        eps = call.saved("eps")
+        eps = call.saved(BATCH_NORM_EPSILON[call.node.name()])
         if call.needs(0):
             h_x = norm.batchnorm_eval_input(h, running_var, eps, weight)
         if call.needs(1):
