@@ -10,13 +10,14 @@ __version__ = "0.1.0"  # the one source of the version (pyproject.toml reads it)
 # torch and BackPACK until something needs them.
 _LAZY = {
     "backward": "hesscale.engine",
+    "diagonal": "hesscale.integrations.dataset",
     "enable": "hesscale.engine",
     "supported_operations": "hesscale.engine",
     "HesScale": "hesscale.extensions",
     "HesScaleGN": "hesscale.extensions",
     "supported_modules": "hesscale.extensions",
 }
-_SUBPACKAGES = ("engine", "extensions", "optim", "estimators", "rules")
+_SUBPACKAGES = ("engine", "extensions", "optim", "estimators", "rules", "integrations")
 
 
 def __getattr__(name: str):
@@ -35,6 +36,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "backward",
+    "diagonal",
     "enable",
     "supported_operations",
     "UnsupportedOperationError",
