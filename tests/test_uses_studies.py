@@ -74,4 +74,4 @@ def test_laplace_study(tmp_path):
         str(tmp_path / "l.json"),
     )
     assert "| residual | HesScaleGGN (hesscale) | marglik |" in out
-    assert "| residual | BackPackGGN (exact) | | fails:" in out
+    assert "| residual | BackPackGGN (exact) | | | fails:" in out
