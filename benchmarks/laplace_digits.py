@@ -98,14 +98,15 @@ def scores(probs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
 
 
 def jacobians(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(J, f): the network's Jacobian w.r.t. all its parameters (N, C, P) and its output."""
+    """(J, f): the network's Jacobian w.r.t. all its parameters (N, C, P), per example (a vmap
+    over the examples of the Jacobian of one), and its output."""
     params = {n: p.detach() for n, p in model.named_parameters()}
 
-    def f(p):
-        out = torch.func.functional_call(model, p, (x,))
+    def one(p, xi):
+        out = torch.func.functional_call(model, p, (xi[None],))[0]
         return out, out
 
-    jac, out = torch.func.jacrev(f, has_aux=True)(params)
+    jac, out = torch.func.vmap(torch.func.jacrev(one, has_aux=True), in_dims=(None, 0))(params, x)
     return torch.cat([j.flatten(2) for j in jac.values()], dim=2), out.detach()
 
 
@@ -147,8 +148,8 @@ def one_backend(model_path: str, kind: str, seed: int, spec: str) -> list[dict]:
             prior = la.prior_precision.detach()
             # the formula above is laplace-torch's predictive: check it once
             with torch.no_grad():
-                theirs = la(x_test[:50], pred_type="glm", link_approx="probit")
-            ours = glm_probit(test[0][:50], test[1][:50], la.posterior_precision)
+                theirs = la(x_test[:20], pred_type="glm", link_approx="probit")
+            ours = glm_probit(test[0][:20], test[1][:20], la.posterior_precision)
             torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
         else:
             grid = torch.logspace(-2, 6, 33)
