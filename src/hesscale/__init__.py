@@ -15,13 +15,14 @@ if "torch" in sys.modules:  # note DDP modules from now on (cheap once torch is 
 _LAZY = {
     "backward": "hesscale.engine",
     "compile": "hesscale.engine.compiled",
+    "diagonal": "hesscale.integrations.dataset",
     "enable": "hesscale.engine",
     "supported_operations": "hesscale.engine",
     "HesScale": "hesscale.extensions",
     "HesScaleGN": "hesscale.extensions",
     "supported_modules": "hesscale.extensions",
 }
-_SUBPACKAGES = ("engine", "extensions", "optim", "estimators", "rules")
+_SUBPACKAGES = ("engine", "extensions", "optim", "estimators", "rules", "integrations")
 
 
 def __getattr__(name: str):
@@ -41,6 +42,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "backward",
     "compile",
+    "diagonal",
     "enable",
     "supported_operations",
     "UnsupportedOperationError",

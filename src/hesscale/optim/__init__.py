@@ -9,6 +9,7 @@ from hesscale.optim.adaggnmc import AdaGGNMC
 from hesscale.optim.adahesscale import AdaHesScale, AdaHesScaleGN
 from hesscale.optim.adahessian import AdaHessian
 from hesscale.optim.base import DiagonalAdam, NonFiniteError
+from hesscale.optim.upgd import UPGD as UPGD  # noqa: F401  (the continual-learning one)
 
 __all__ = [
     "AdaHesScale",
