@@ -25,15 +25,17 @@ DTYPE = torch.float64
 
 
 def reference_steps(params0, grads, hs, *, lr, betas, eps, weight_decay=0.0, maximize=False,
-                    preconditioner="adam", power=1.0, delta=None, max_scale=1.0):  # fmt: skip
+                    preconditioner="adam", power=1.0, delta=None, max_scale=1.0, clip=None,
+                    floor=None, variant=None):  # fmt: skip
     """Parameters after each step of the documented update, one group, plain arithmetic.
 
     grads[t][i], hs[t][i]: gradient and diagonal of parameter i at step t+1. Also returns the
-    trust-region scale of each step."""
+    trust-region scale of each step. ``variant`` is ignored (pass clip and floor)."""
     b1, b2 = betas
     params = [p.clone() for p in params0]
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
+    w = [torch.zeros_like(p) for p in params]
     trajectory, scales = [], []
     for t, (gs, hs_t) in enumerate(zip(grads, hs, strict=True), start=1):
         us, ks = [], []
@@ -42,10 +44,17 @@ def reference_steps(params0, grads, hs, *, lr, betas, eps, weight_decay=0.0, max
             m[i] = b1 * m[i] + (1 - b1) * g
             c = h * h if preconditioner == "adam" else h.abs()
             v[i] = b2 * v[i] + (1 - b2) * c
+            w[i] = b2 * w[i] + (1 - b2) * g * g
             m_hat = m[i] / (1 - b1**t)
             v_hat = v[i] / (1 - b2**t)
             d = v_hat if preconditioner == "newton" else torch.sqrt(v_hat)
-            us.append(lr * m_hat / (d**power + eps))
+            d = d**power
+            if floor is not None:
+                d = torch.maximum(d, floor * torch.sqrt(w[i] / (1 - b2**t)))
+            r = m_hat / (d + eps)
+            if clip is not None:
+                r = r.clamp(-clip, clip)
+            us.append(lr * r)
             ks.append(torch.sqrt(v_hat) if preconditioner == "adam" else v_hat)
         s = 1.0
         if delta is not None:
@@ -81,6 +90,14 @@ def run_with_given_diagonals(opt_cls, params0, grads, hs, field="hesscale", **kw
     return trajectory, opt
 
 
+# the variants' options, spelled out for the reference (clip and floor by hand)
+VARIANT_OPTIONS = {
+    "paper": {"variant": "paper", "clip": None, "floor": None},
+    "clipped": {"variant": "clipped", "clip": 0.5, "floor": None},  # clip < 1: it acts
+    "floored": {"variant": "floored", "clip": None, "floor": 3.0},
+    "both": {"variant": "paper", "clip": 0.5, "floor": 3.0},
+}
+
 TRUST_REGIONS = {
     "off": {},
     "active": {"delta": 1e-5, "max_scale": 1.0},  # scales the step down
@@ -92,7 +109,10 @@ TRUST_REGIONS = {
 @pytest.mark.parametrize("trust_region", list(TRUST_REGIONS))
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 @pytest.mark.parametrize("maximize", [False, True])
-def test_steps_equal_formula(preconditioner, trust_region, weight_decay, maximize):
+@pytest.mark.parametrize("variant", list(VARIANT_OPTIONS))
+@pytest.mark.parametrize("foreach", [True, False])
+def test_steps_equal_formula(preconditioner, trust_region, weight_decay, maximize, variant,
+                             foreach):  # fmt: skip
     params0, grads, hs = random_problem(steps=2)
     options = dict(
         lr=0.01,
@@ -102,24 +122,43 @@ def test_steps_equal_formula(preconditioner, trust_region, weight_decay, maximiz
         maximize=maximize,
         preconditioner=preconditioner,
         **TRUST_REGIONS[trust_region],
+        **VARIANT_OPTIONS[variant],
     )
     expected, scales = reference_steps(params0, grads, hs, **options)
     if trust_region == "active":
-        assert all(s < 0.5 for s in scales)  # the scaling really acts
+        assert all(s < 0.9 for s in scales)  # the scaling really acts
     if trust_region == "capped":
         assert scales == [2.0, 2.0]
-    got, _ = run_with_given_diagonals(AdaHesScale, params0, grads, hs, **options)
+    got, _ = run_with_given_diagonals(AdaHesScale, params0, grads, hs, foreach=foreach, **options)
     for step in range(2):  # bias correction differs at steps 1 and 2
         for p_got, p_expected in zip(got[step], expected[step], strict=True):
             torch.testing.assert_close(p_got, p_expected, rtol=1e-12, atol=1e-14)
 
 
 def test_step_one_is_signed_unit_step_for_adam():
-    """At step 1 with eps=0, bias-corrected 'adam' gives u = lr * g / |h| exactly."""
+    """At step 1 with eps=0, bias-corrected 'adam' gives u = lr * g / |h| exactly (the paper's
+    variant), and lr * clamp(g / |h|, -1, 1) by default."""
     params0, grads, hs = random_problem(steps=1)
-    got, _ = run_with_given_diagonals(AdaHesScale, params0, grads, hs, lr=0.1, eps=0.0)
-    for p0, p, g, h in zip(params0, got[0], grads[0], hs[0], strict=True):
-        torch.testing.assert_close(p, p0 - 0.1 * g / h.abs(), rtol=1e-12, atol=1e-14)
+    got, _ = run_with_given_diagonals(
+        AdaHesScale, params0, grads, hs, lr=0.1, eps=0.0, variant="paper"
+    )
+    clipped, _ = run_with_given_diagonals(AdaHesScale, params0, grads, hs, lr=0.1, eps=0.0)
+    newton = [g / h.abs() for g, h in zip(grads[0], hs[0], strict=True)]
+    assert any(bool((r.abs() > 1).any()) for r in newton)  # the clip acts
+    for p0, p, q, r in zip(params0, got[0], clipped[0], newton, strict=True):
+        torch.testing.assert_close(p, p0 - 0.1 * r, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(q, p0 - 0.1 * r.clamp(-1, 1), rtol=1e-12, atol=1e-14)
+
+
+def test_floored_step_is_at_most_adams():
+    """variant='floored': with |h| tiny, the step is Adam's (g / |g| at step 1)."""
+    params0, grads, _ = random_problem(steps=1)
+    tiny = [[1e-12 * torch.ones_like(g) for g in grads[0]]]
+    got, _ = run_with_given_diagonals(
+        AdaHesScale, params0, grads, tiny, lr=0.1, eps=0.0, variant="floored"
+    )
+    for p0, p, g in zip(params0, got[0], grads[0], strict=True):
+        torch.testing.assert_close(p, p0 - 0.1 * g.sign(), rtol=1e-12, atol=1e-14)
 
 
 def test_param_groups_use_their_own_hyperparameters():
@@ -135,7 +174,12 @@ def test_param_groups_use_their_own_hyperparameters():
         opt.step()
     for i, options in enumerate(group_options):
         expected, _ = reference_steps(
-            [params0[i]], [[g[i]] for g in grads], [[h[i]] for h in hs], eps=1e-3, **options
+            [params0[i]],
+            [[g[i]] for g in grads],
+            [[h[i]] for h in hs],
+            eps=1e-3,
+            floor=1.0,
+            **options,
         )
         torch.testing.assert_close(params[i].detach(), expected[-1][0], rtol=1e-12, atol=1e-14)
 
@@ -178,7 +222,7 @@ def test_first_step_uses_the_hessian_diagonal(opt_cls):
     model, loss_fn = linear_model()
     h = exact_hessian_diagonals(model, loss_fn, x, y)
     params0 = [p.detach().clone() for p in model.parameters()]
-    opt = opt_cls(model.parameters(), lr=0.1, eps=0.0)
+    opt = opt_cls(model.parameters(), lr=0.1, eps=0.0, variant="paper")
     opt.zero_grad()
     with backpack(opt.method):
         loss_fn(model(x), y).backward()
@@ -668,7 +712,7 @@ def test_optimizers_share_one_constructor_and_one_rademacher_helper():
     p = [nn.Parameter(torch.zeros(3))]
     shared = set(AdaHesScale(p).defaults)
     assert set(AdaHesScaleGN(p).defaults) == shared and set(AdaGGNMC(p).defaults) == shared
-    assert set(AdaHessian(p).defaults) == shared | {"spatial_average"}
+    assert set(AdaHessian(p).defaults) == shared - {"variant"} | {"spatial_average"}
     ggnmc = AdaGGNMC(p, 0.01, mc_samples=3, preconditioner="sqrt")  # lr positional, as before
     assert ggnmc.defaults["lr"] == 0.01 and ggnmc.defaults["preconditioner"] == "sqrt"
     assert ggnmc.mc_samples == 3 and type(ggnmc.method).__name__ == "DiagGGNMC"

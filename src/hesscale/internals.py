@@ -184,3 +184,19 @@ def adaptive_avg_pool_backward(grad: Tensor, x: Tensor, spatial_dims: int) -> Te
 def output_count(node: Node) -> int:
     """How many forward outputs ``node`` has (the gradients its backward formula takes)."""
     return len(node._input_metadata)
+
+
+class _MultiTensorOps:
+    """torch's multi-tensor operations, ``torch._foreach_<name>`` (as torch.optim uses them for
+    its ``foreach`` implementations): ``multi_tensor.lerp_(ms, gs, w)`` is
+    ``torch._foreach_lerp_(ms, gs, w)``. The names hesscale uses are ``MULTI_TENSOR_OPS``."""
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        return getattr(torch, "_foreach_" + name)
+
+
+multi_tensor = _MultiTensorOps()
+MULTI_TENSOR_OPS = (
+    "abs", "add_", "addcdiv_", "addcmul_", "clamp_max_", "clamp_min_", "div", "div_", "lerp_",
+    "maximum_", "mul", "mul_", "neg", "norm", "pow_", "sqrt", "sub_",
+)  # fmt: skip

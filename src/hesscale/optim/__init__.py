@@ -9,12 +9,14 @@ from hesscale.optim.adaggnmc import AdaGGNMC
 from hesscale.optim.adahesscale import AdaHesScale, AdaHesScaleGN
 from hesscale.optim.adahessian import AdaHessian
 from hesscale.optim.base import DiagonalAdam, NonFiniteError
+from hesscale.optim.sophia import SophiaGN
 
 __all__ = [
     "AdaHesScale",
     "AdaHesScaleGN",
     "AdaHessian",
     "AdaGGNMC",
+    "SophiaGN",
     "DiagonalAdam",
     "NonFiniteError",
 ]
