@@ -154,3 +154,18 @@ def test_cost_plot_puts_outliers_in_their_own_panel_and_names_the_setting(tmp_pa
     strong = report.line_style("HesScale", "curvature", 0)
     muted = report.line_style("DiagGGNMC", "curvature", 0)
     assert strong["linewidth"] > muted["linewidth"] and strong["zorder"] > muted["zorder"]
+
+
+@pytest.mark.slow
+def test_gpt_cost_command_at_its_default_sizes_runs_to_the_end(tmp_path, capsys):
+    """``hesscale cost --model gpt`` with its default sizes (width 128, 2 blocks, batch 4,
+    vocabulary 512, 64 tokens), fewer rounds: every optimizer step stays finite (the GPT starts
+    as GPT-2 does, not from logits of std ~12), and the command writes its outputs."""
+    argv = ["cost", "--model", "gpt", "--repeats", "2", "--warmup", "2", "--quiet"]
+    assert cli([*argv, "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "cost.csv") as f:
+        rows = {row["method"]: row for row in csv.DictReader(f)}
+    assert {row["width"] for row in rows.values()} == {"128"}
+    for method in ("HesScale", "HesScaleGN", "Adam", "AdaHesScale", "AdaHesScaleGN"):
+        assert rows[method]["status"] == "ok", (method, rows[method]["status"])
+    assert "NonFinite" not in capsys.readouterr().err

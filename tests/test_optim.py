@@ -16,7 +16,14 @@ from torch import nn
 import hesscale
 import hesscale.optim.adahessian as adahessian_module
 from hesscale import HesScaleError
-from hesscale.optim import AdaGGNMC, AdaHesScale, AdaHesScaleGN, AdaHessian, NonFiniteError
+from hesscale.optim import (
+    AdaGGNMC,
+    AdaHesScale,
+    AdaHesScaleGN,
+    AdaHessian,
+    NonFiniteError,
+    SophiaGN,
+)
 
 DTYPE = torch.float64
 
@@ -148,6 +155,76 @@ def test_step_one_is_signed_unit_step_for_adam():
     for p0, p, q, r in zip(params0, got[0], clipped[0], newton, strict=True):
         torch.testing.assert_close(p, p0 - 0.1 * r, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(q, p0 - 0.1 * r.clamp(-1, 1), rtol=1e-12, atol=1e-14)
+
+
+def sophia_reference(params0, grads, hs, *, lr, betas, rho, eps, weight_decay):
+    """SophiaGN's documented update, plain arithmetic (no bias correction)."""
+    b1, b2 = betas
+    params = [p.clone() for p in params0]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for gs, hs_t in zip(grads, hs, strict=True):
+        for i, (g, h) in enumerate(zip(gs, hs_t, strict=True)):
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * h
+            ratio = (m[i] / torch.clamp(rho * v[i], min=eps)).clamp(-1, 1)
+            params[i] = params[i] * (1 - lr * weight_decay) - lr * ratio
+    return params
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_sophia_steps_equal_formula(foreach):
+    params0, grads, hs = random_problem(steps=3)
+    hs = [[h.abs() * 0.3 for h in hs_t] for hs_t in hs]  # some ratios beyond 1, some within
+    hs[1][0][0, 0] = -1.0  # negative curvature: the floor eps, then the clip
+    options = dict(lr=0.05, betas=(0.8, 0.9), rho=0.5, eps=1e-3, weight_decay=0.1)
+    expected = sophia_reference(params0, grads, hs, **options)
+    got, opt = run_with_given_diagonals(
+        SophiaGN, params0, grads, hs, field="hesscale_gn", foreach=foreach, **options
+    )
+    for p, q in zip(got[-1], expected, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    assert opt.param_groups[0]["rho"] == 0.5
+    with pytest.raises(ValueError, match="SophiaGN: invalid rho"):
+        SophiaGN([nn.Parameter(torch.zeros(1))], rho=0.0)
+
+
+def test_variant_sets_defaults_and_explicit_options_win():
+    p = [nn.Parameter(torch.zeros(1))]
+    defaults = AdaHesScale(p).defaults
+    assert (defaults["variant"], defaults["floor"], defaults["clip"]) == ("floored", 1.0, None)
+    paper = AdaHesScaleGN(p, variant="paper").defaults
+    assert (paper["floor"], paper["clip"]) == (None, None)
+    clipped = AdaHesScale(p, variant="clipped").defaults
+    assert (clipped["floor"], clipped["clip"]) == (None, 1.0)
+    mixed = AdaHesScale(p, variant="paper", floor=2.0).defaults
+    assert (mixed["floor"], mixed["clip"]) == (2.0, None)
+
+
+def test_foreach_matches_per_parameter_on_mixed_dtypes_and_stale_steps():
+    """Parameters of two dtypes (two buckets), one without a gradient at some steps (its own
+    step count and bias corrections): the multi-tensor path equals the loop."""
+    results = []
+    for foreach in (True, False):
+        gen = torch.Generator().manual_seed(3)
+        params = [
+            nn.Parameter(torch.randn(3, 2, generator=gen, dtype=torch.float64)),
+            nn.Parameter(torch.randn(4, generator=gen, dtype=torch.float32)),
+            nn.Parameter(torch.randn(2, generator=gen, dtype=torch.float64)),
+        ]
+        opt = AdaHesScale(params, lr=0.05, foreach=foreach, weight_decay=0.01)
+        for step in range(4):
+            for i, p in enumerate(params):
+                if i == 2 and step % 2:
+                    p.grad = None
+                    continue
+                p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+                p.hesscale = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            opt.step()
+        results.append([p.detach().clone() for p in params])
+    assert results[0][0].dtype == torch.float64 and results[0][1].dtype == torch.float32
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_floored_step_is_at_most_adams():
@@ -416,6 +493,11 @@ def test_optimizer_zero_grad_clears_the_diagonals():
 
 OPTIMIZERS = {
     "AdaHesScale": lambda ps: AdaHesScale(ps, lr=0.1, delta=0.05),
+    "AdaHesScale-paper": lambda ps: AdaHesScale(ps, lr=0.1, variant="paper"),
+    "AdaHesScale-clipped-per-parameter": lambda ps: AdaHesScale(
+        ps, lr=0.1, variant="clipped", foreach=False
+    ),
+    "SophiaGN": lambda ps: SophiaGN(ps, lr=0.01, weight_decay=0.1),
     "AdaHesScaleGN": lambda ps: AdaHesScaleGN(ps, lr=0.1, preconditioner="newton"),
     "AdaGGNMC": lambda ps: AdaGGNMC(ps, lr=0.1, weight_decay=0.01),
     "AdaHessian": lambda ps: AdaHessian(ps, lr=0.1),
@@ -512,6 +594,8 @@ CONVEX = {
     "AdaHesScaleGN": lambda ps: AdaHesScaleGN(ps, lr=0.5),
     "AdaGGNMC": lambda ps: AdaGGNMC(ps, lr=0.5),
     "AdaHessian": lambda ps: AdaHessian(ps, lr=0.5),
+    "AdaHesScale-paper": lambda ps: AdaHesScale(ps, lr=0.5, variant="paper"),
+    "AdaHesScale-clipped": lambda ps: AdaHesScale(ps, lr=0.5, variant="clipped"),
 }
 
 
@@ -597,6 +681,12 @@ INVALID = [
     ({"max_scale": 0.0}, "max_scale"),
     ({"on_nonfinite": "ignore"}, "on_nonfinite"),
     ({"maximize": 1}, "maximize"),
+    ({"clip": 0.0}, "clip"),
+    ({"clip": "1"}, "clip"),
+    ({"floor": -1.0}, "floor"),
+    ({"floor": math.inf}, "floor"),
+    ({"foreach": "yes"}, "foreach"),
+    ({"variant": "adam"}, "variant.*'floored', 'clipped', 'paper'"),
 ]
 
 

@@ -198,5 +198,5 @@ class _MultiTensorOps:
 multi_tensor = _MultiTensorOps()
 MULTI_TENSOR_OPS = (
     "abs", "add_", "addcdiv_", "addcmul_", "clamp_max_", "clamp_min_", "div", "div_", "lerp_",
-    "maximum_", "mul", "mul_", "neg", "norm", "pow_", "sqrt", "sub_",
+    "maximum", "maximum_", "mul", "mul_", "neg", "norm", "pow_", "sqrt", "sqrt_", "sub_",
 )  # fmt: skip

@@ -88,8 +88,11 @@ def step_seconds(logs: list[dict[str, Any]], rounds: int) -> dict[str, float]:
             **config["task_options"],
         )
         torch.manual_seed(0)
+        options = dict(config["network_options"])
+        if config.get("hidden") is not None:
+            options["hidden"] = tuple(config["hidden"])
         model = NETWORKS.resolve(config["network"]).value(
-            tuple(task.input_shape), task.n_outputs, **config["network_options"]
+            tuple(task.input_shape), task.n_outputs, **options
         )
         learner = Learner(
             log["components"]["learner"], model.parameters(), **log["hyperparameters"]

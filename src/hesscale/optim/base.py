@@ -255,8 +255,8 @@ class _FromVariant:
 FROM_VARIANT = _FromVariant()
 # the named variants of AdaHesScale(GN): the options each sets unless given explicitly
 VARIANTS: dict[str, dict[str, Any]] = {
+    "floored": {"clip": None, "floor": 1.0},  # the default: steps of at most Adam's
     "clipped": {"clip": 1.0, "floor": None},  # per-coordinate steps of at most lr
-    "floored": {"clip": None, "floor": 1.0},  # steps of at most Adam's
     "paper": {"clip": None, "floor": None},  # the published AdaHesScale (arXiv:2210.11639)
 }
 

@@ -116,20 +116,29 @@ def group_step(
             multi_tensor.addcmul_(vs, hs, hs, value=1 - beta2)
         else:
             multi_tensor.add_(vs, multi_tensor.abs(hs), alpha=1 - beta2)
-        if preconditioner == "newton":
-            denom = multi_tensor.div(vs, bias2)
-        else:
-            denom = multi_tensor.sqrt(vs)
-            multi_tensor.div_(denom, [math.sqrt(b) for b in bias2])
-        if power != 1.0:
-            multi_tensor.pow_(denom, power)
-        if floor is not None:  # d = max(d, floor * sqrt(w_hat)), w the average of g^2
+        ws = None
+        if floor is not None:  # w, the average of g^2
             ws = [states[i]["exp_avg_sq"] for i in bucket]
             multi_tensor.mul_(ws, beta2)
             multi_tensor.addcmul_(ws, gs, gs, value=1 - beta2)
-            gradient_scale = multi_tensor.sqrt(ws)
-            multi_tensor.mul_(gradient_scale, [floor / math.sqrt(b) for b in bias2])
-            multi_tensor.maximum_(denom, gradient_scale)
+        if ws is not None and preconditioner == "adam" and power == 1.0:
+            # max(sqrt(v_hat), floor sqrt(w_hat)) = sqrt(max(v, floor^2 w) / bias2): one sqrt
+            floored = ws if floor == 1.0 else multi_tensor.mul(ws, floor**2)
+            denom = multi_tensor.maximum(vs, floored)
+            multi_tensor.sqrt_(denom)
+            multi_tensor.div_(denom, [math.sqrt(b) for b in bias2])
+        else:
+            if preconditioner == "newton":
+                denom = multi_tensor.div(vs, bias2)
+            else:
+                denom = multi_tensor.sqrt(vs)
+                multi_tensor.div_(denom, [math.sqrt(b) for b in bias2])
+            if power != 1.0:
+                multi_tensor.pow_(denom, power)
+            if ws is not None:  # d = max(d, floor * sqrt(w_hat))
+                gradient_scale = multi_tensor.sqrt(ws)
+                multi_tensor.mul_(gradient_scale, [floor / math.sqrt(b) for b in bias2])
+                multi_tensor.maximum_(denom, gradient_scale)
         multi_tensor.add_(denom, eps)
         if weight_decay != 0:
             multi_tensor.mul_(ps, 1 - lr * weight_decay)
