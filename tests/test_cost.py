@@ -197,3 +197,18 @@ def test_results_are_never_overwritten_silently(tmp_path, capsys):
     assert cli([*args, "--out", str(tmp_path)]) == 2
     assert "already holds results" in capsys.readouterr().err
     assert cli([*args, "--out", str(tmp_path), "--force"]) == 0
+
+
+@pytest.mark.slow
+def test_gpt_cost_command_at_its_default_sizes_runs_to_the_end(tmp_path, capsys):
+    """``hesscale cost --model gpt`` with its default sizes (width 128, 2 blocks, batch 4,
+    vocabulary 512, 64 tokens), fewer rounds: every optimizer step stays finite (the GPT starts
+    as GPT-2 does, not from logits of std ~12), and the command writes its outputs."""
+    argv = ["cost", "--model", "gpt", "--repeats", "2", "--warmup", "2", "--quiet"]
+    assert cli([*argv, "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "cost.csv") as f:
+        rows = {row["method"]: row for row in csv.DictReader(f)}
+    assert {row["width"] for row in rows.values()} == {"128"}
+    for method in ("HesScale", "HesScaleGN", "Adam", "AdaHesScale", "AdaHesScaleGN"):
+        assert rows[method]["status"] == "ok", (method, rows[method]["status"])
+    assert "NonFinite" not in capsys.readouterr().err

@@ -16,7 +16,14 @@ from torch import nn
 import hesscale
 import hesscale.optim.adahessian as adahessian_module
 from hesscale import HesScaleError
-from hesscale.optim import AdaGGNMC, AdaHesScale, AdaHesScaleGN, AdaHessian, NonFiniteError
+from hesscale.optim import (
+    AdaGGNMC,
+    AdaHesScale,
+    AdaHesScaleGN,
+    AdaHessian,
+    NonFiniteError,
+    SophiaGN,
+)
 
 DTYPE = torch.float64
 
@@ -25,15 +32,17 @@ DTYPE = torch.float64
 
 
 def reference_steps(params0, grads, hs, *, lr, betas, eps, weight_decay=0.0, maximize=False,
-                    preconditioner="adam", power=1.0, delta=None, max_scale=1.0):  # fmt: skip
+                    preconditioner="adam", power=1.0, delta=None, max_scale=1.0, clip=None,
+                    floor=None, variant=None):  # fmt: skip
     """Parameters after each step of the documented update, one group, plain arithmetic.
 
     grads[t][i], hs[t][i]: gradient and diagonal of parameter i at step t+1. Also returns the
-    trust-region scale of each step."""
+    trust-region scale of each step. ``variant`` is ignored (pass clip and floor)."""
     b1, b2 = betas
     params = [p.clone() for p in params0]
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
+    w = [torch.zeros_like(p) for p in params]
     trajectory, scales = [], []
     for t, (gs, hs_t) in enumerate(zip(grads, hs, strict=True), start=1):
         us, ks = [], []
@@ -42,10 +51,17 @@ def reference_steps(params0, grads, hs, *, lr, betas, eps, weight_decay=0.0, max
             m[i] = b1 * m[i] + (1 - b1) * g
             c = h * h if preconditioner == "adam" else h.abs()
             v[i] = b2 * v[i] + (1 - b2) * c
+            w[i] = b2 * w[i] + (1 - b2) * g * g
             m_hat = m[i] / (1 - b1**t)
             v_hat = v[i] / (1 - b2**t)
             d = v_hat if preconditioner == "newton" else torch.sqrt(v_hat)
-            us.append(lr * m_hat / (d**power + eps))
+            d = d**power
+            if floor is not None:
+                d = torch.maximum(d, floor * torch.sqrt(w[i] / (1 - b2**t)))
+            r = m_hat / (d + eps)
+            if clip is not None:
+                r = r.clamp(-clip, clip)
+            us.append(lr * r)
             ks.append(torch.sqrt(v_hat) if preconditioner == "adam" else v_hat)
         s = 1.0
         if delta is not None:
@@ -81,6 +97,14 @@ def run_with_given_diagonals(opt_cls, params0, grads, hs, field="hesscale", **kw
     return trajectory, opt
 
 
+# the variants' options, spelled out for the reference (clip and floor by hand)
+VARIANT_OPTIONS = {
+    "paper": {"variant": "paper", "clip": None, "floor": None},
+    "clipped": {"variant": "clipped", "clip": 0.5, "floor": None},  # clip < 1: it acts
+    "floored": {"variant": "floored", "clip": None, "floor": 3.0},
+    "both": {"variant": "paper", "clip": 0.5, "floor": 3.0},
+}
+
 TRUST_REGIONS = {
     "off": {},
     "active": {"delta": 1e-5, "max_scale": 1.0},  # scales the step down
@@ -92,7 +116,10 @@ TRUST_REGIONS = {
 @pytest.mark.parametrize("trust_region", list(TRUST_REGIONS))
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 @pytest.mark.parametrize("maximize", [False, True])
-def test_steps_equal_formula(preconditioner, trust_region, weight_decay, maximize):
+@pytest.mark.parametrize("variant", list(VARIANT_OPTIONS))
+@pytest.mark.parametrize("foreach", [True, False])
+def test_steps_equal_formula(preconditioner, trust_region, weight_decay, maximize, variant,
+                             foreach):  # fmt: skip
     params0, grads, hs = random_problem(steps=2)
     options = dict(
         lr=0.01,
@@ -102,24 +129,113 @@ def test_steps_equal_formula(preconditioner, trust_region, weight_decay, maximiz
         maximize=maximize,
         preconditioner=preconditioner,
         **TRUST_REGIONS[trust_region],
+        **VARIANT_OPTIONS[variant],
     )
     expected, scales = reference_steps(params0, grads, hs, **options)
     if trust_region == "active":
-        assert all(s < 0.5 for s in scales)  # the scaling really acts
+        assert all(s < 0.9 for s in scales)  # the scaling really acts
     if trust_region == "capped":
         assert scales == [2.0, 2.0]
-    got, _ = run_with_given_diagonals(AdaHesScale, params0, grads, hs, **options)
+    got, _ = run_with_given_diagonals(AdaHesScale, params0, grads, hs, foreach=foreach, **options)
     for step in range(2):  # bias correction differs at steps 1 and 2
         for p_got, p_expected in zip(got[step], expected[step], strict=True):
             torch.testing.assert_close(p_got, p_expected, rtol=1e-12, atol=1e-14)
 
 
 def test_step_one_is_signed_unit_step_for_adam():
-    """At step 1 with eps=0, bias-corrected 'adam' gives u = lr * g / |h| exactly."""
+    """At step 1 with eps=0, bias-corrected 'adam' gives u = lr * g / |h| exactly (the paper's
+    variant), and lr * clamp(g / |h|, -1, 1) by default."""
     params0, grads, hs = random_problem(steps=1)
-    got, _ = run_with_given_diagonals(AdaHesScale, params0, grads, hs, lr=0.1, eps=0.0)
-    for p0, p, g, h in zip(params0, got[0], grads[0], hs[0], strict=True):
-        torch.testing.assert_close(p, p0 - 0.1 * g / h.abs(), rtol=1e-12, atol=1e-14)
+    got, _ = run_with_given_diagonals(
+        AdaHesScale, params0, grads, hs, lr=0.1, eps=0.0, variant="paper"
+    )
+    clipped, _ = run_with_given_diagonals(AdaHesScale, params0, grads, hs, lr=0.1, eps=0.0)
+    newton = [g / h.abs() for g, h in zip(grads[0], hs[0], strict=True)]
+    assert any(bool((r.abs() > 1).any()) for r in newton)  # the clip acts
+    for p0, p, q, r in zip(params0, got[0], clipped[0], newton, strict=True):
+        torch.testing.assert_close(p, p0 - 0.1 * r, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(q, p0 - 0.1 * r.clamp(-1, 1), rtol=1e-12, atol=1e-14)
+
+
+def sophia_reference(params0, grads, hs, *, lr, betas, rho, eps, weight_decay):
+    """SophiaGN's documented update, plain arithmetic (no bias correction)."""
+    b1, b2 = betas
+    params = [p.clone() for p in params0]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for gs, hs_t in zip(grads, hs, strict=True):
+        for i, (g, h) in enumerate(zip(gs, hs_t, strict=True)):
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * h
+            ratio = (m[i] / torch.clamp(rho * v[i], min=eps)).clamp(-1, 1)
+            params[i] = params[i] * (1 - lr * weight_decay) - lr * ratio
+    return params
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_sophia_steps_equal_formula(foreach):
+    params0, grads, hs = random_problem(steps=3)
+    hs = [[h.abs() * 0.3 for h in hs_t] for hs_t in hs]  # some ratios beyond 1, some within
+    hs[1][0][0, 0] = -1.0  # negative curvature: the floor eps, then the clip
+    options = dict(lr=0.05, betas=(0.8, 0.9), rho=0.5, eps=1e-3, weight_decay=0.1)
+    expected = sophia_reference(params0, grads, hs, **options)
+    got, opt = run_with_given_diagonals(
+        SophiaGN, params0, grads, hs, field="hesscale_gn", foreach=foreach, **options
+    )
+    for p, q in zip(got[-1], expected, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    assert opt.param_groups[0]["rho"] == 0.5
+    with pytest.raises(ValueError, match="SophiaGN: invalid rho"):
+        SophiaGN([nn.Parameter(torch.zeros(1))], rho=0.0)
+
+
+def test_variant_sets_defaults_and_explicit_options_win():
+    p = [nn.Parameter(torch.zeros(1))]
+    defaults = AdaHesScale(p).defaults
+    assert (defaults["variant"], defaults["floor"], defaults["clip"]) == ("floored", 1.0, None)
+    paper = AdaHesScaleGN(p, variant="paper").defaults
+    assert (paper["floor"], paper["clip"]) == (None, None)
+    clipped = AdaHesScale(p, variant="clipped").defaults
+    assert (clipped["floor"], clipped["clip"]) == (None, 1.0)
+    mixed = AdaHesScale(p, variant="paper", floor=2.0).defaults
+    assert (mixed["floor"], mixed["clip"]) == (2.0, None)
+
+
+def test_foreach_matches_per_parameter_on_mixed_dtypes_and_stale_steps():
+    """Parameters of two dtypes (two buckets), one without a gradient at some steps (its own
+    step count and bias corrections): the multi-tensor path equals the loop."""
+    results = []
+    for foreach in (True, False):
+        gen = torch.Generator().manual_seed(3)
+        params = [
+            nn.Parameter(torch.randn(3, 2, generator=gen, dtype=torch.float64)),
+            nn.Parameter(torch.randn(4, generator=gen, dtype=torch.float32)),
+            nn.Parameter(torch.randn(2, generator=gen, dtype=torch.float64)),
+        ]
+        opt = AdaHesScale(params, lr=0.05, foreach=foreach, weight_decay=0.01)
+        for step in range(4):
+            for i, p in enumerate(params):
+                if i == 2 and step % 2:
+                    p.grad = None
+                    continue
+                p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+                p.hesscale = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            opt.step()
+        results.append([p.detach().clone() for p in params])
+    assert results[0][0].dtype == torch.float64 and results[0][1].dtype == torch.float32
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_floored_step_is_at_most_adams():
+    """variant='floored': with |h| tiny, the step is Adam's (g / |g| at step 1)."""
+    params0, grads, _ = random_problem(steps=1)
+    tiny = [[1e-12 * torch.ones_like(g) for g in grads[0]]]
+    got, _ = run_with_given_diagonals(
+        AdaHesScale, params0, grads, tiny, lr=0.1, eps=0.0, variant="floored"
+    )
+    for p0, p, g in zip(params0, got[0], grads[0], strict=True):
+        torch.testing.assert_close(p, p0 - 0.1 * g.sign(), rtol=1e-12, atol=1e-14)
 
 
 def test_param_groups_use_their_own_hyperparameters():
@@ -135,7 +251,12 @@ def test_param_groups_use_their_own_hyperparameters():
         opt.step()
     for i, options in enumerate(group_options):
         expected, _ = reference_steps(
-            [params0[i]], [[g[i]] for g in grads], [[h[i]] for h in hs], eps=1e-3, **options
+            [params0[i]],
+            [[g[i]] for g in grads],
+            [[h[i]] for h in hs],
+            eps=1e-3,
+            floor=1.0,
+            **options,
         )
         torch.testing.assert_close(params[i].detach(), expected[-1][0], rtol=1e-12, atol=1e-14)
 
@@ -178,7 +299,7 @@ def test_first_step_uses_the_hessian_diagonal(opt_cls):
     model, loss_fn = linear_model()
     h = exact_hessian_diagonals(model, loss_fn, x, y)
     params0 = [p.detach().clone() for p in model.parameters()]
-    opt = opt_cls(model.parameters(), lr=0.1, eps=0.0)
+    opt = opt_cls(model.parameters(), lr=0.1, eps=0.0, variant="paper")
     opt.zero_grad()
     with backpack(opt.method):
         loss_fn(model(x), y).backward()
@@ -372,6 +493,11 @@ def test_optimizer_zero_grad_clears_the_diagonals():
 
 OPTIMIZERS = {
     "AdaHesScale": lambda ps: AdaHesScale(ps, lr=0.1, delta=0.05),
+    "AdaHesScale-paper": lambda ps: AdaHesScale(ps, lr=0.1, variant="paper"),
+    "AdaHesScale-clipped-per-parameter": lambda ps: AdaHesScale(
+        ps, lr=0.1, variant="clipped", foreach=False
+    ),
+    "SophiaGN": lambda ps: SophiaGN(ps, lr=0.01, weight_decay=0.1),
     "AdaHesScaleGN": lambda ps: AdaHesScaleGN(ps, lr=0.1, preconditioner="newton"),
     "AdaGGNMC": lambda ps: AdaGGNMC(ps, lr=0.1, weight_decay=0.01),
     "AdaHessian": lambda ps: AdaHessian(ps, lr=0.1),
@@ -468,6 +594,8 @@ CONVEX = {
     "AdaHesScaleGN": lambda ps: AdaHesScaleGN(ps, lr=0.5),
     "AdaGGNMC": lambda ps: AdaGGNMC(ps, lr=0.5),
     "AdaHessian": lambda ps: AdaHessian(ps, lr=0.5),
+    "AdaHesScale-paper": lambda ps: AdaHesScale(ps, lr=0.5, variant="paper"),
+    "AdaHesScale-clipped": lambda ps: AdaHesScale(ps, lr=0.5, variant="clipped"),
 }
 
 
@@ -553,6 +681,12 @@ INVALID = [
     ({"max_scale": 0.0}, "max_scale"),
     ({"on_nonfinite": "ignore"}, "on_nonfinite"),
     ({"maximize": 1}, "maximize"),
+    ({"clip": 0.0}, "clip"),
+    ({"clip": "1"}, "clip"),
+    ({"floor": -1.0}, "floor"),
+    ({"floor": math.inf}, "floor"),
+    ({"foreach": "yes"}, "foreach"),
+    ({"variant": "adam"}, "variant.*'floored', 'clipped', 'paper'"),
 ]
 
 
@@ -689,7 +823,7 @@ def test_optimizers_share_one_constructor_and_one_rademacher_helper():
     p = [nn.Parameter(torch.zeros(3))]
     shared = set(AdaHesScale(p).defaults)
     assert set(AdaHesScaleGN(p).defaults) == shared and set(AdaGGNMC(p).defaults) == shared
-    assert set(AdaHessian(p).defaults) == shared | {"spatial_average"}
+    assert set(AdaHessian(p).defaults) == shared - {"variant"} | {"spatial_average"}
     ggnmc = AdaGGNMC(p, 0.01, mc_samples=3, preconditioner="sqrt")  # lr positional, as before
     assert ggnmc.defaults["lr"] == 0.01 and ggnmc.defaults["preconditioner"] == "sqrt"
     assert ggnmc.mc_samples == 3 and type(ggnmc.method).__name__ == "DiagGGNMC"

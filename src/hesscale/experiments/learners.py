@@ -132,6 +132,10 @@ for _name, _spec in {
     "adahessian": LearnerSpec(
         "hesscale.optim:AdaHessian", "create_graph", "AdaHessian (Hutchinson diagonal)"
     ),
+    "sophiagn": LearnerSpec(
+        "hesscale.optim:SophiaGN", "hesscale_gn", "Sophia's clipped step, HesScaleGN diagonal"
+    ),
+    "adamw": LearnerSpec("torch.optim:AdamW", "gradient", "AdamW"),
     "adaggnmc": LearnerSpec(
         "hesscale.optim:AdaGGNMC", "backpack", "Adam-style, Monte-Carlo GGN diagonal (BackPACK)"
     ),

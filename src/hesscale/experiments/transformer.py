@@ -64,16 +64,43 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """tokens (batch, length) -> logits (batch, length, vocab)."""
+    """tokens (batch, length) -> logits (batch, length, vocab).
+
+    Initialised as GPT-2: every linear and embedding weight ~ N(0, 0.02^2), the projections
+    that write into the residual stream (attention output, second MLP layer) ~ N(0, (0.02 /
+    sqrt(2 depth))^2), biases 0, LayerNorm 1 and 0. The initial logits are then near 0 and the
+    loss near ln(vocab); torch's default N(0, 1) embedding, tied to the output, would give
+    logits of standard deviation ~ sqrt(width)."""
 
     def __init__(
-        self, vocab: int = 512, length: int = 64, width: int = 128, depth: int = 2, heads: int = 4
+        self,
+        vocab: int = 512,
+        length: int = 64,
+        width: int = 128,
+        depth: int = 2,
+        heads: int = 4,
+        fused: bool = True,
     ) -> None:
+        """``fused``: attention by ``F.scaled_dot_product_attention`` (else written out, which
+        Hessian-vector products, e.g. AdaHessian's, need on CPU; see SelfAttention)."""
         super().__init__()
         self.tokens = nn.Embedding(vocab, width)
         self.positions = nn.Embedding(length, width)
-        self.blocks = nn.Sequential(*(Block(width, heads, causal=True) for _ in range(depth)))
+        blocks = (Block(width, heads, causal=True, fused=fused) for _ in range(depth))
+        self.blocks = nn.Sequential(*blocks)
         self.norm = nn.LayerNorm(width)
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """The GPT-2 initialisation of the class docstring."""
+        residual = {block.attention.proj.weight for block in self.blocks}
+        residual |= {block.mlp[2].weight for block in self.blocks}
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                scale = 1 / math.sqrt(2 * len(self.blocks)) if module.weight in residual else 1
+                nn.init.normal_(module.weight, std=std * scale)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     def forward(self, tokens: Tensor) -> Tensor:
         positions = torch.arange(tokens.shape[1], device=tokens.device)

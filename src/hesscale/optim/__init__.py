@@ -9,13 +9,18 @@ from hesscale.optim.adaggnmc import AdaGGNMC
 from hesscale.optim.adahesscale import AdaHesScale, AdaHesScaleGN
 from hesscale.optim.adahessian import AdaHessian
 from hesscale.optim.base import DiagonalAdam, NonFiniteError
+<<<<<<< HEAD
 from hesscale.optim.upgd import UPGD as UPGD  # noqa: F401  (the continual-learning one)
+=======
+from hesscale.optim.sophia import SophiaGN
+>>>>>>> opt
 
 __all__ = [
     "AdaHesScale",
     "AdaHesScaleGN",
     "AdaHessian",
     "AdaGGNMC",
+    "SophiaGN",
     "DiagonalAdam",
     "NonFiniteError",
 ]

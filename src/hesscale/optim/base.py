@@ -19,7 +19,7 @@ from torch import Tensor
 
 from hesscale.errors import HesScaleError
 from hesscale.hook_warning import hook_warning_hidden
-from hesscale.internals import unscale_through
+from hesscale.internals import multi_tensor, unscale_through
 from hesscale.optim import update
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
@@ -34,13 +34,24 @@ def _shape(p: Tensor) -> str:
     return str(tuple(p.shape))
 
 
-def _extremes(t: Tensor) -> Tensor:
-    """The min and max of ``t`` (real and imaginary parts if complex; none if empty)."""
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    if t.numel() == 0:
-        return t.new_zeros(0)
-    return torch.stack(torch.aminmax(t))
+def _by_device_and_dtype(tensors: list[Tensor]) -> list[list[Tensor]]:
+    groups: dict[tuple, list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return list(groups.values())
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    """Whether every entry of these tensors (one device and dtype) is finite."""
+    tensors = [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+    tensors = [t for t in tensors if t.numel()]
+    if not tensors:
+        return True
+    # the 2-norms are finite if every entry is (one cheap pass); an overflow of a large but
+    # finite tensor's norm falls back to the exact check
+    if bool(torch.isfinite(torch.stack(multi_tensor.norm(tensors, 2.0))).all()):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _describe(value: object) -> str:
@@ -55,7 +66,7 @@ class DiagonalAdam(torch.optim.Optimizer):
 
     See hesscale.optim.update for the update. Options live in each param group, as in
     torch.optim: lr, betas, eps, weight_decay, maximize, preconditioner, hessian_power, delta,
-    max_scale, on_nonfinite.
+    max_scale, clip, on_nonfinite, foreach.
     """
 
     method: BackpropExtension | None = None  # the BackPACK extension backward must run under
@@ -79,7 +90,10 @@ class DiagonalAdam(torch.optim.Optimizer):
         hessian_power: float = 1.0,
         delta: float | None = None,
         max_scale: float = 1.0,
+        clip: float | None = None,
+        floor: float | None = None,
         on_nonfinite: str = "raise",
+        foreach: bool | None = None,
         **extra: Any,
     ) -> None:
         """The one constructor of every optimizer here: each option becomes a param-group
@@ -94,7 +108,10 @@ class DiagonalAdam(torch.optim.Optimizer):
             hessian_power=hessian_power,
             delta=delta,
             max_scale=max_scale,
+            clip=clip,
+            floor=floor,
             on_nonfinite=on_nonfinite,
+            foreach=foreach,
             **extra,
         )
         self._used: dict[int, weakref.ref] = {}
@@ -152,10 +169,13 @@ class DiagonalAdam(torch.optim.Optimizer):
 
     def _update_group(self, group: dict[str, Any], diagonals: dict[int, Tensor]) -> None:
         params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
         beta1, beta2 = group["betas"]
+        grads = [p.grad for p in params]
         update.group_step(
             params,
-            [-p.grad if group["maximize"] else p.grad for p in params],
+            multi_tensor.neg(grads) if group["maximize"] else grads,
             [diagonals[id(p)] for p in params],
             [self.state[p] for p in params],
             lr=group["lr"],
@@ -167,18 +187,18 @@ class DiagonalAdam(torch.optim.Optimizer):
             power=group["hessian_power"],
             delta=group["delta"],
             max_scale=group["max_scale"],
+            clip=group["clip"],
+            floor=group["floor"],
+            foreach=group["foreach"],
         )
 
     def _all_finite(self, params: list[Tensor], diagonals: dict[int, Tensor]) -> bool:
         """True if every gradient and diagonal is finite; else raise or warn and skip.
 
-        One device sync for all tensors: each is reduced to its min and max (NaN if it holds a
-        NaN), which are all finite exactly when the tensor is; a single pass over the tensor,
-        several times cheaper than ``isfinite(t).all()`` on CPU."""
+        One device sync per device and dtype: the largest |entry| of every tensor at once
+        (``multi_tensor.norm`` with ord=inf; inf or NaN exactly when the tensor holds one)."""
         tensors = [p.grad for p in params] + [diagonals[id(p)] for p in params]
-        device = tensors[0].device
-        extremes = [_extremes(t).to(device) for t in tensors]
-        if bool(torch.isfinite(torch.cat(extremes)).all()):
+        if all(_all_finite(same) for same in _by_device_and_dtype(tensors)):
             return True
         name = type(self).__name__
         p, what = next(
@@ -228,6 +248,22 @@ class DiagonalAdam(torch.optim.Optimizer):
         raise NotImplementedError
 
 
+class _FromVariant:
+    """The default of an option that the ``variant`` sets."""
+
+    def __repr__(self) -> str:
+        return "<set by variant>"
+
+
+FROM_VARIANT = _FromVariant()
+# the named variants of AdaHesScale(GN): the options each sets unless given explicitly
+VARIANTS: dict[str, dict[str, Any]] = {
+    "floored": {"clip": None, "floor": 1.0},  # the default: steps of at most Adam's
+    "clipped": {"clip": 1.0, "floor": None},  # per-coordinate steps of at most lr
+    "paper": {"clip": None, "floor": None},  # the published AdaHesScale (arXiv:2210.11639)
+}
+
+
 class ExtensionAdam(DiagonalAdam):
     """DiagonalAdam reading the diagonal left in ``p.<savefield>`` by a backward pass.
 
@@ -256,8 +292,17 @@ class ExtensionAdam(DiagonalAdam):
         preconditioner: str = "adam",
         delta: float | None = None,
         max_scale: float = 1.0,
+        clip: float | None | _FromVariant = FROM_VARIANT,
+        floor: float | None | _FromVariant = FROM_VARIANT,
+        variant: str = "floored",
         on_nonfinite: str = "raise",
+        foreach: bool | None = None,
     ) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(
+                f"{type(self).__name__}: invalid variant={variant!r}; supported: "
+                f"{', '.join(map(repr, VARIANTS))}."
+            )
         self.method = self._make_method()
         super().__init__(
             params,
@@ -269,7 +314,11 @@ class ExtensionAdam(DiagonalAdam):
             preconditioner=preconditioner,
             delta=delta,
             max_scale=max_scale,
+            clip=VARIANTS[variant]["clip"] if clip is FROM_VARIANT else clip,
+            floor=VARIANTS[variant]["floor"] if floor is FROM_VARIANT else floor,
             on_nonfinite=on_nonfinite,
+            foreach=foreach,
+            variant=variant,
         )
 
     def _make_method(self) -> BackpropExtension:
@@ -354,6 +403,12 @@ def _validate(group: dict[str, Any], name: str) -> None:
         raise bad("delta", "need delta > 0, or None for no trust region")
     if not number("max_scale") or group["max_scale"] <= 0:
         raise bad("max_scale", "need max_scale > 0")
+    if group["clip"] is not None and (not number("clip") or group["clip"] <= 0):
+        raise bad("clip", "need clip > 0, or None for no clipping")
+    if group["floor"] is not None and (not number("floor") or group["floor"] <= 0):
+        raise bad("floor", "need floor > 0, or None for no floor")
+    if group["foreach"] not in (None, True, False):
+        raise bad("foreach", "need True, False or None (the default: True)")
     if group["on_nonfinite"] not in ON_NONFINITE:
         raise bad("on_nonfinite", f"supported: {', '.join(map(repr, ON_NONFINITE))}")
     if not isinstance(group["maximize"], bool):

@@ -4,7 +4,10 @@ With g the gradient (negated for ``maximize``) and h a Hessian-diagonal estimate
 
     m = beta1 * m + (1 - beta1) * g                     m_hat = m / (1 - beta1^t)
     v = beta2 * v + (1 - beta2) * c(h)                  v_hat = v / (1 - beta2^t)
-    u = lr * m_hat / (d(v_hat)^power + eps)
+    r = m_hat / (D + eps),  D = d(v_hat)^power          (a Newton-like step, per coordinate)
+    or, with a floor, D = max(d(v_hat)^power, floor * sqrt(w_hat)),
+        w = beta2 * w + (1 - beta2) * g^2,  w_hat = w / (1 - beta2^t)
+    u = lr * clamp(r, -clip, clip)                      (no clamp when clip is None)
     p = p * (1 - lr * weight_decay) - s * u             (decoupled weight decay, as AdamW)
 
 The preconditioner chooses c and d:
@@ -13,71 +16,61 @@ The preconditioner chooses c and d:
     'sqrt'    c(h) = |h|   d(v_hat) = sqrt(v_hat)      (d ~ |h|^(1/2))
     'newton'  c(h) = |h|   d(v_hat) = v_hat            (d ~ |h|)
 
+The floor ties the curvature to the gradient's scale: where |h| is small beside the gradient's
+root mean square (w_hat is Adam's second moment), the step is at most Adam's, lr * m_hat /
+sqrt(w_hat) / floor; where the curvature is large, the Newton-like step is smaller than Adam's.
+
+The clip bounds each coordinate's step by lr * clip, as Adam's is bounded by about lr, and as
+Sophia (Liu et al. 2023) does: where the curvature estimate is near zero (a flat or noisy
+direction, an embedding row of a token absent from recent batches), r would be huge.
+
 s is 1 unless the trust region is on (``delta`` given). Then, over the parameters of one param
 group, s = min(max_scale, sqrt(2 * delta / sum(k_hat * u^2))), with k_hat the curvature estimate
 |h| the preconditioner tracks (sqrt(v_hat) for 'adam', v_hat for 'sqrt' and 'newton'): the
 step's predicted change of the loss under the diagonal quadratic model, 0.5 * sum(k_hat *
 (s u)^2), is then at most delta, and the step is never scaled up by more than max_scale.
 
-For speed (as torch.optim.Adam does), the bias corrections are applied as scalars and m_hat,
-v_hat and u are not stored unless needed: u = (lr / (1 - beta1^t)) * m / (d(v_hat)^power + eps)
-is added to p in one fused operation when the trust region is off.
+``group_step`` runs on all parameters of a group at once with torch's ``_foreach`` operations
+(as torch.optim.Adam(foreach=True) does), per device and dtype; ``foreach=False`` runs the same
+arithmetic one parameter at a time. The bias corrections are applied as scalars, and m_hat,
+v_hat and u are not stored unless needed.
+
+Sophia (``sophia_group_step``), with h the diagonal, no bias correction and v an average of h
+itself: m = beta1 m + (1 - beta1) g, v = beta2 v + (1 - beta2) h,
+p = p (1 - lr wd) - lr * clamp(m / max(rho v, eps), -1, 1).
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import torch
 from torch import Tensor
 
+from hesscale.internals import multi_tensor
+
 PRECONDITIONERS = ("adam", "sqrt", "newton")
 
 
-def accumulate_curvature(v: Tensor, h: Tensor, beta2: float, preconditioner: str) -> None:
-    """v = beta2 * v + (1 - beta2) * c(h), in place; c(h) = h^2 for 'adam', |h| otherwise."""
-    v.mul_(beta2)
-    if preconditioner == "adam":
-        v.addcmul_(h, h, value=1 - beta2)
-    else:
-        v.add_(h.abs(), alpha=1 - beta2)
-
-
-def denominator(v: Tensor, bias2: float, preconditioner: str, power: float, eps: float) -> Tensor:
-    """d(v_hat)^power + eps, v_hat = v / bias2, as a new tensor.
-
-    d(v_hat) = sqrt(v_hat) = sqrt(v) / sqrt(bias2) for 'adam' and 'sqrt', v_hat for 'newton'."""
-    if preconditioner == "newton":
-        d = v.div(bias2)
-    else:
-        d = v.sqrt().div_(math.sqrt(bias2))
-    if power != 1.0:
-        d.pow_(power)
-    return d.add_(eps)
-
-
-def curvature_estimate(v: Tensor, bias2: float, preconditioner: str) -> Tensor:
-    """k_hat, the estimate of |h| held in v_hat = v / bias2: sqrt(v_hat) for 'adam', v_hat
-    otherwise."""
-    return v.div(bias2).sqrt_() if preconditioner == "adam" else v.div(bias2)
-
-
-def moments_step(
-    state: dict, g: Tensor, h: Tensor, *, beta1: float, beta2: float, preconditioner: str
-) -> tuple[Tensor, Tensor, float, float]:
-    """Advance ``state`` (keys 'step', 'exp_avg', 'exp_curvature') by one step, in place.
-
-    Returns m, v and the bias corrections 1 - beta1^t, 1 - beta2^t."""
+def _init_state(state: dict, like: Tensor, floor: float | None = None) -> None:
     if not state:
         state["step"] = 0
-        state["exp_avg"] = torch.zeros_like(g, memory_format=torch.preserve_format)
-        state["exp_curvature"] = torch.zeros_like(g, memory_format=torch.preserve_format)
-    state["step"] += 1
-    t = state["step"]
-    m, v = state["exp_avg"], state["exp_curvature"]
-    m.lerp_(g, 1 - beta1)  # m + (1 - beta1) * (g - m) = beta1 * m + (1 - beta1) * g
-    accumulate_curvature(v, h, beta2, preconditioner)
-    return m, v, 1 - beta1**t, 1 - beta2**t
+        state["exp_avg"] = torch.zeros_like(like, memory_format=torch.preserve_format)
+        state["exp_curvature"] = torch.zeros_like(like, memory_format=torch.preserve_format)
+    if floor is not None and "exp_avg_sq" not in state:
+        state["exp_avg_sq"] = torch.zeros_like(like, memory_format=torch.preserve_format)
+
+
+def _buckets(params: list[Tensor], foreach: bool | None) -> list[list[int]]:
+    """Indices of the parameters updated together: one bucket per (device, dtype) unless
+    ``foreach`` is False (then one parameter per bucket)."""
+    if foreach is False:
+        return [[i] for i in range(len(params))]
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, p in enumerate(params):
+        groups[(p.device, p.dtype)].append(i)
+    return list(groups.values())
 
 
 def group_step(
@@ -95,33 +88,132 @@ def group_step(
     power: float = 1.0,
     delta: float | None = None,
     max_scale: float = 1.0,
+    clip: float | None = None,
+    floor: float | None = None,
+    foreach: bool | None = None,
 ) -> None:
     """One update of the parameters of one param group, and of their ``states``, in place.
 
     ``grads`` are the gradients g (already negated for ``maximize``), ``diagonals`` the h."""
-    pending = []  # (p, u, k_hat), kept only while the trust region needs the whole step
-    for p, g, h, state in zip(params, grads, diagonals, states, strict=True):
-        m, v, bias1, bias2 = moments_step(
-            state, g, h, beta1=beta1, beta2=beta2, preconditioner=preconditioner
-        )
-        denom = denominator(v, bias2, preconditioner, power, eps)
-        if weight_decay != 0:
-            p.mul_(1 - lr * weight_decay)
-        if delta is None:
-            p.addcdiv_(m, denom, value=-lr / bias1)  # p -= u
+    if not params:
+        return
+    for p, state in zip(params, states, strict=True):
+        _init_state(state, p, floor)
+        state["step"] += 1
+    pending: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] = []  # (p, u, k_hat) lists
+    for bucket in _buckets(params, foreach):
+        ps = [params[i] for i in bucket]
+        gs = [grads[i] for i in bucket]
+        hs = [diagonals[i] for i in bucket]
+        ms = [states[i]["exp_avg"] for i in bucket]
+        vs = [states[i]["exp_curvature"] for i in bucket]
+        steps = [states[i]["step"] for i in bucket]
+        bias1 = [1 - beta1**t for t in steps]
+        bias2 = [1 - beta2**t for t in steps]
+        multi_tensor.lerp_(ms, gs, 1 - beta1)  # m + (1 - beta1) (g - m)
+        multi_tensor.mul_(vs, beta2)
+        if preconditioner == "adam":
+            multi_tensor.addcmul_(vs, hs, hs, value=1 - beta2)
         else:
-            u = m.div(denom).mul_(lr / bias1)
-            pending.append((p, u, curvature_estimate(v, bias2, preconditioner)))
+            multi_tensor.add_(vs, multi_tensor.abs(hs), alpha=1 - beta2)
+        ws = None
+        if floor is not None:  # w, the average of g^2
+            ws = [states[i]["exp_avg_sq"] for i in bucket]
+            multi_tensor.mul_(ws, beta2)
+            multi_tensor.addcmul_(ws, gs, gs, value=1 - beta2)
+        if ws is not None and preconditioner == "adam" and power == 1.0:
+            # max(sqrt(v_hat), floor sqrt(w_hat)) = sqrt(max(v, floor^2 w) / bias2): one sqrt
+            floored = ws if floor == 1.0 else multi_tensor.mul(ws, floor**2)
+            denom = multi_tensor.maximum(vs, floored)
+            multi_tensor.sqrt_(denom)
+            multi_tensor.div_(denom, [math.sqrt(b) for b in bias2])
+        else:
+            if preconditioner == "newton":
+                denom = multi_tensor.div(vs, bias2)
+            else:
+                denom = multi_tensor.sqrt(vs)
+                multi_tensor.div_(denom, [math.sqrt(b) for b in bias2])
+            if power != 1.0:
+                multi_tensor.pow_(denom, power)
+            if ws is not None:  # d = max(d, floor * sqrt(w_hat))
+                gradient_scale = multi_tensor.sqrt(ws)
+                multi_tensor.mul_(gradient_scale, [floor / math.sqrt(b) for b in bias2])
+                multi_tensor.maximum_(denom, gradient_scale)
+        multi_tensor.add_(denom, eps)
+        if weight_decay != 0:
+            multi_tensor.mul_(ps, 1 - lr * weight_decay)
+        if clip is None and delta is None:
+            multi_tensor.addcdiv_(ps, ms, denom, [-lr / b for b in bias1])  # p -= u
+            continue
+        us = multi_tensor.div(ms, denom)
+        multi_tensor.div_(us, bias1)  # r = m_hat / (d^power + eps)
+        if clip is not None:
+            multi_tensor.clamp_min_(us, -clip)
+            multi_tensor.clamp_max_(us, clip)
+        multi_tensor.mul_(us, lr)
+        if delta is None:
+            multi_tensor.sub_(ps, us)
+        else:
+            k_hats = [
+                curvature_estimate(v, b, preconditioner) for v, b in zip(vs, bias2, strict=True)
+            ]
+            pending.append((ps, us, k_hats))
     if pending:
-        _, us, k_hats = zip(*pending, strict=True)
-        scale = trust_region_scale(list(us), list(k_hats), delta, max_scale)
-        for p, u, _ in pending:
-            p.addcmul_(u, scale, value=-1)  # p -= s * u
+        scale = trust_region_scale(
+            [u for _, us, _ in pending for u in us],
+            [k for _, _, ks in pending for k in ks],
+            delta,
+            max_scale,
+        )
+        for ps, us, _ in pending:
+            for p, u in zip(ps, us, strict=True):
+                p.addcmul_(u, scale.to(u.device), value=-1)  # p -= s * u
+
+
+def curvature_estimate(v: Tensor, bias2: float, preconditioner: str) -> Tensor:
+    """k_hat, the estimate of |h| held in v_hat = v / bias2: sqrt(v_hat) for 'adam', v_hat
+    otherwise."""
+    return v.div(bias2).sqrt_() if preconditioner == "adam" else v.div(bias2)
 
 
 def trust_region_scale(
     us: list[Tensor], k_hats: list[Tensor], delta: float, max_scale: float
 ) -> Tensor:
     """s = min(max_scale, sqrt(2 * delta / sum(k_hat * u^2))); max_scale when the sum is 0."""
-    quadratic = sum((k * u).mul_(u).sum() for k, u in zip(k_hats, us, strict=True))
+    device = us[0].device
+    quadratic = sum((k * u).mul_(u).sum().to(device) for k, u in zip(k_hats, us, strict=True))
     return torch.as_tensor(2 * delta / quadratic).sqrt().clamp(max=max_scale)
+
+
+def sophia_group_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    diagonals: list[Tensor],
+    states: list[dict],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    rho: float,
+    eps: float,
+    weight_decay: float,
+    foreach: bool | None = None,
+) -> None:
+    """One Sophia update (module docstring) of one param group, in place."""
+    for p, state in zip(params, states, strict=True):
+        _init_state(state, p)
+        state["step"] += 1
+    for bucket in _buckets(params, foreach):
+        ps = [params[i] for i in bucket]
+        ms = [states[i]["exp_avg"] for i in bucket]
+        vs = [states[i]["exp_curvature"] for i in bucket]
+        multi_tensor.lerp_(ms, [grads[i] for i in bucket], 1 - beta1)
+        multi_tensor.lerp_(vs, [diagonals[i] for i in bucket], 1 - beta2)
+        denom = multi_tensor.mul(vs, rho)
+        multi_tensor.clamp_min_(denom, eps)
+        ratio = multi_tensor.div(ms, denom)
+        multi_tensor.clamp_min_(ratio, -1.0)
+        multi_tensor.clamp_max_(ratio, 1.0)
+        if weight_decay != 0:
+            multi_tensor.mul_(ps, 1 - lr * weight_decay)
+        multi_tensor.add_(ps, ratio, alpha=-lr)
