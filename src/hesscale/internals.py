@@ -214,7 +214,6 @@ def output_count(node: Node) -> int:
     return len(node._input_metadata)
 
 
-<<<<<<< HEAD
 # --- nodes only CUDA / ROCm builds record ----------------------------------------------------
 # A CPU run never records these, so their saved attributes are checked against the declarations
 # in the installed wheel (torch/include/torch/csrc/autograd/generated/Functions.h) by
@@ -314,7 +313,8 @@ def inline_compiled_code():
     import torch._dynamo
 
     return torch._dynamo.config.patch(error_on_nested_fx_trace=False)
-=======
+
+
 class _MultiTensorOps:
     """torch's multi-tensor operations, ``torch._foreach_<name>`` (as torch.optim uses them for
     its ``foreach`` implementations): ``multi_tensor.lerp_(ms, gs, w)`` is
@@ -329,4 +329,3 @@ MULTI_TENSOR_OPS = (
     "abs", "add_", "addcdiv_", "addcmul_", "clamp_max_", "clamp_min_", "div", "div_", "lerp_",
     "maximum", "maximum_", "mul", "mul_", "neg", "norm", "pow_", "sqrt", "sqrt_", "sub_",
 )  # fmt: skip
->>>>>>> opt

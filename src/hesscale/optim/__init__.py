@@ -9,11 +9,8 @@ from hesscale.optim.adaggnmc import AdaGGNMC
 from hesscale.optim.adahesscale import AdaHesScale, AdaHesScaleGN
 from hesscale.optim.adahessian import AdaHessian
 from hesscale.optim.base import DiagonalAdam, NonFiniteError
-<<<<<<< HEAD
-from hesscale.optim.upgd import UPGD as UPGD  # noqa: F401  (the continual-learning one)
-=======
 from hesscale.optim.sophia import SophiaGN
->>>>>>> opt
+from hesscale.optim.upgd import UPGD
 
 __all__ = [
     "AdaHesScale",
@@ -21,6 +18,7 @@ __all__ = [
     "AdaHessian",
     "AdaGGNMC",
     "SophiaGN",
+    "UPGD",
     "DiagonalAdam",
     "NonFiniteError",
 ]
