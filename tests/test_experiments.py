@@ -97,7 +97,8 @@ def test_missing_dataset_says_where_to_put_it(tmp_path):
     assert str(tmp_path / "MNIST" / "raw") in message and "--download" in message
 
 
-def test_missing_dataset_on_the_command_line_is_a_clear_error_and_a_failed_log(tmp_path, capsys):
+def test_missing_dataset_on_the_command_line_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    """Issue 17: it left a `failed` log behind, where the README says nothing is written."""
     out = tmp_path / "log.json"
     code = run_cli(
         "run", "--task", "cifar10", "--network", "small_cnn", "--learner", "sgd", "--lr", "0.1",
@@ -107,8 +108,7 @@ def test_missing_dataset_on_the_command_line_is_a_clear_error_and_a_failed_log(t
     assert code == 1
     assert "cifar-10-batches-py" in err and "--download" in err and "Traceback" not in err
     assert "DatasetNotFoundError" not in err  # a message, not an exception name
-    log = read_log(out)
-    assert log["status"] == "failed" and "DatasetNotFoundError" in log["traceback"]
+    assert not out.exists() and read_log(out) is None
 
 
 def test_unknown_task_lists_known_tasks():
