@@ -364,9 +364,10 @@ def graph_nodes(out):
     ids=["gpt-bfloat16", "gpt-float16", "lstm-bfloat16"],
 )
 def test_half_precision_models_follow_float32(model_name, dtype):
-    """Half precision runs the same fused kernels (float16 LSTMs decompose instead); the rules
-    follow rules.precision (float16 computes in float32): results in the parameter's dtype,
-    within half precision of the float32 results (5% of the largest entry)."""
+    """Half precision runs the same fused kernels where the CPU has them (float16 LSTMs, and
+    bfloat16 LSTMs on CPUs without native bfloat16 support, decompose instead); the rules follow
+    rules.precision (float16 computes in float32): results in the parameter's dtype, within half
+    precision of the float32 results (5% of the largest entry)."""
     torch.manual_seed(0)
     if model_name == "gpt":
         model = gpt(VOCAB, block_size=6, dim=8, heads=2, layers=2, one_hot=True, layer_norm=False)
@@ -378,7 +379,11 @@ def test_half_precision_models_follow_float32(model_name, dtype):
     results = {}
     for precision in (torch.float32, dtype):
         copy_ = copy.deepcopy(model).to(precision)
-        assert fused in node_names(lambda c=copy_: lm_loss(c(inputs), targets))
+        recorded = node_names(lambda c=copy_: lm_loss(c(inputs), targets))
+        if precision == torch.float32 or model_name == "gpt":
+            assert fused in recorded
+        else:  # oneDNN's bfloat16 LSTM needs CPU support; the decomposition runs elsewhere
+            assert fused in recorded or "MulBackward0" in recorded
         hesscale.backward(lm_loss(copy_(inputs), targets))
         results[precision] = {n: p.hesscale for n, p in copy_.named_parameters()}
     for name, want in results[torch.float32].items():
