@@ -139,8 +139,11 @@ def one_backend(model_path: str, kind: str, seed: int, spec: str) -> list[dict]:
     seconds = time.perf_counter() - start
     peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     torch.save(la.H, model_path + f".{name}.H.pt")
-    # the predictive from Jacobians computed once (laplace-torch recomputes them per call)
-    val, test = jacobians(model, x_val), jacobians(model, x_test)
+    # the predictive from Jacobians computed once (laplace-torch recomputes them per call), on
+    # a fresh copy (BackPACK's backends leave hooks in the model that torch.func refuses)
+    plain = make_model(kind)
+    plain.load_state_dict(model.state_dict())
+    val, test = jacobians(plain, x_val), jacobians(plain, x_test)
     rows = []
     for tuning in ("marglik", "val-NLL grid"):
         if tuning == "marglik":
@@ -155,6 +158,8 @@ def one_backend(model_path: str, kind: str, seed: int, spec: str) -> list[dict]:
             grid = torch.logspace(-2, 6, 33)
 
             def val_nll(p):
+                if (la.H + p).min() <= 0:  # a Hessian diagonal can be negative: no posterior
+                    return torch.tensor(float("inf"))
                 probs = glm_probit(*val, la.H + p)
                 return -probs.clamp_min(1e-12).log().gather(1, y_val[:, None]).mean()
 

@@ -69,9 +69,10 @@ def test_same_diagonal_as_the_exact_ggn_backends_on_the_last_layer(float64, like
 
 
 @pytest.mark.parametrize("likelihood", ["classification", "regression"])
-def test_last_layer_laplace_equals_the_exact_ggn_backend(float64, likelihood):
+@pytest.mark.parametrize("exact", [CurvlinopsGGN, BackPackGGN])
+def test_last_layer_laplace_equals_the_exact_ggn_backend(float64, likelihood, exact):
     ours = fitted_H(Residual(), likelihood, HesScaleGGN, subset="last_layer")
-    theirs = fitted_H(Residual(), likelihood, CurvlinopsGGN, subset="last_layer")
+    theirs = fitted_H(Residual(), likelihood, exact, subset="last_layer")
     assert ours.H.shape == (27,)
     torch.testing.assert_close(ours.H, theirs.H, rtol=1e-6, atol=0)
 
