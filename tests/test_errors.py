@@ -146,6 +146,7 @@ def test_an_interrupted_backward_leaves_nothing_behind():
     backward(good, loss_fn, X, Y, extension)
     assert saved_quantity_count(extension) == 0
     reused = [p.hesscale.clone() for p in good.parameters()]
+    good.zero_grad()  # a fresh pass (without it, the diagonals sum like the gradients)
     backward(good, loss_fn, X, Y, HesScale())
     for p, expected in zip(good.parameters(), reused, strict=True):
         torch.testing.assert_close(p.hesscale, expected)
@@ -163,6 +164,7 @@ def test_two_losses_in_one_backward_each_start_the_recursion():
     together = trunk.weight.hesscale.clone()
     separate = []
     for head, loss, y in [(head_a, ce, Y), (head_b, mse, target)]:
+        trunk.zero_grad()  # each pass on its own (without it, the diagonals sum)
         with backpack(HesScale()):
             loss(head(trunk(X)), y).backward()
         separate.append(trunk.weight.hesscale.clone())
@@ -201,6 +203,7 @@ def test_second_backward_works_when_backpack_retains_the_graph():
     with backpack(HesScale(), retain_graph=True):
         loss.backward(retain_graph=True)
     first = [p.hesscale.clone() for p in model.parameters()]
+    model.zero_grad()  # the second pass on its own (without it, the diagonals sum)
     with backpack(HesScale()):
         loss.backward()
     for p, expected in zip(model.parameters(), first, strict=True):
