@@ -141,7 +141,9 @@ class CompiledStep:
                     DiagonalBackward(loss, variants)  # raises the engine's error
                 _check_leaves(loss, params)
                 trainable = [p for p, t in zip(params, trainable_mask, strict=True) if t]
-                DiagonalBackward(loss, variants).run(trainable, None, across_ranks=False)
+                DiagonalBackward(loss, variants).run(
+                    trainable, None, across_ranks=False, traced=True
+                )
             grads = [p.grad for p in trainable]
             diagonals = [getattr(p, v, None) for v in variants for p in trainable]
             return (loss.detach(), *grads, *diagonals)
