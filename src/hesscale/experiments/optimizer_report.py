@@ -139,12 +139,11 @@ def report(root: Path, out: Path, timing_rounds: int) -> str:
     lines = [
         f"### {name}: {config['network'].split(':')[-1]} on {config['task'].split(':')[-1]}, "
         f"{config['steps']} steps, batch {config['batch_size']}, "
-        f"{len(any_log_seeds(runs))} seeds",
+        f"up to {len(any_log_seeds(runs))} seeds",
         "",
-        f"| optimizer | best lr | final validation loss ({unit}) | diverged at | s/step | "
-        + " | ".join(f"lr {lr:g}" for lr in grid)
-        + " |",
-        "|---|---|---|---|---|" + "---|" * len(grid),
+        f"| optimizer | seeds | best lr | final validation loss ({unit}) | diverged at | "
+        "CPU s/step | " + " | ".join(f"lr {lr:g}" for lr in grid) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(grid),
     ]
     for learner in learners:
         by_lr = runs[learner]
@@ -163,9 +162,8 @@ def report(root: Path, out: Path, timing_rounds: int) -> str:
         s = f"{seconds[learner]:.3f}" if learner in seconds else ""
         best = "all diverged" if mean == math.inf else f"{mean:.3f} +- {se:.3f}"
         lines.append(
-            f"| {learner} | {lr:g} | {best} | {', '.join(diverged) or 'none'} | {s} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {learner} | {len(by_lr[lr])} | {lr:g} | {best} | "
+            f"{', '.join(diverged) or 'none'} | {s} | " + " | ".join(cells) + " |"
         )
     plot_curves(runs, seconds, divisor, unit, name, out / f"curves_{name}.png")
     plot_sensitivity(runs, unit, name, out / f"sensitivity_{name}.png")
