@@ -279,3 +279,28 @@ def test_saved_under_checkpoint_tells_non_reentrant_checkpointing_apart():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         assert not internals.saved_under_checkpoint(torch.tanh(x).grad_fn)
     assert not internals.saved_under_checkpoint((x + 1).grad_fn)  # saves no tensor
+
+
+@pytest.mark.parametrize("name", internals.MULTI_TENSOR_OPS)
+def test_multi_tensor_ops_exist_and_act_per_tensor(name):
+    """Each torch._foreach_<name> the optimizers use exists and equals the one-tensor op."""
+    op = getattr(internals.multi_tensor, name)
+    a = [torch.tensor([1.0, -2.0]), torch.tensor([[3.0], [0.5]])]
+    b = [torch.tensor([0.5, 4.0]), torch.tensor([[2.0], [1.0]])]
+    base = name.rstrip("_")
+    args = {
+        "abs": (), "neg": (), "sqrt": (), "norm": (2.0,), "add": (b,), "sub": (b,),
+        "mul": (b,), "div": (b,), "maximum": (b,), "lerp": (b, 0.3), "pow": (2.0,),
+        "clamp_min": (0.7,), "clamp_max": (0.7,), "addcmul": (b, b), "addcdiv": (b, b),
+    }[base]  # fmt: skip
+    inputs = [t.abs() if base == "sqrt" else t for t in a]
+    expected = []
+    for i, t in enumerate(inputs):
+        per_tensor = [x[i] if isinstance(x, list) else x for x in args]
+        expected.append(torch.linalg.vector_norm(t, 2.0) if base == "norm" else
+                        getattr(torch, base)(t, *per_tensor))  # fmt: skip
+    copies = [t.clone() for t in inputs]
+    result = op(copies, *args)
+    got = copies if name.endswith("_") else result
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)

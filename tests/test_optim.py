@@ -550,6 +550,27 @@ def test_state_dict_round_trip_resumes_the_same_trajectory(name):
         torch.testing.assert_close(b.detach(), a, rtol=0, atol=0)
 
 
+def test_state_dict_saved_before_the_variants_resumes_the_paper_update():
+    """A state_dict of an earlier version (no clip, floor, foreach, variant in its groups)
+    continues with the update it was saved with, the paper's."""
+    params0, grads, hs = random_problem(steps=2)
+    _, old = run_with_given_diagonals(AdaHesScale, params0, grads[:1], hs[:1], variant="paper")
+    saved = copy.deepcopy(old.state_dict())  # as if saved to disk
+    for group in saved["param_groups"]:
+        for key in ("clip", "floor", "foreach", "variant"):
+            del group[key]
+    params = [nn.Parameter(p.detach().clone()) for p in old.param_groups[0]["params"]]
+    resumed = AdaHesScale(params)  # default variant: floored
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["floor"] is None and resumed.param_groups[0]["clip"] is None
+    for o in (old, resumed):
+        for p, g, h in zip(o.param_groups[0]["params"], grads[1], hs[1], strict=True):
+            p.grad, p.hesscale = g.clone(), h.clone()
+        o.step()
+    for a, b in zip(old.param_groups[0]["params"], params, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 # convergence on a convex problem ------------------------------------------------------------
 
 

@@ -120,10 +120,10 @@ def test_report_picks_best_step_sizes_marks_divergence_and_draws(tmp_path):
     out = tmp_path / "report"
     assert optimizer_report.main([str(root), "--out", str(out), "--timing-rounds", "2"]) == 0
     table = (out / "optimizers.md").read_text()
-    assert "| adahesscale | 0.001 |" in table and "| 0.01 |" in table.split("adahesscale")[1]
+    assert "| adahesscale | 2 | 0.001 |" in table
     row = next(line for line in table.splitlines() if line.startswith("| adahesscale"))
-    assert row.split("|")[4].strip() == "0.01" and "diverged" in row  # diverged at 0.01
-    assert "bits/char" in table and "2 seeds" in table
+    assert row.split("|")[5].strip() == "0.01" and "diverged" in row  # diverged at 0.01
+    assert "bits/char" in table and "up to 2 seeds" in table
     for figure in ("curves_optimizers_tiny.png", "sensitivity_optimizers_tiny.png"):
         assert (out / figure).stat().st_size > 0
     runs = optimizer_report.collect(root)

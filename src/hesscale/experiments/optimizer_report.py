@@ -15,9 +15,10 @@ For each optimizer the best step size is the one with the lowest mean final vali
   sensitivity_<model>.png       final validation loss against step size
 
 Seconds per step: each optimizer's whole training step (forward, backward with its curvature,
-step), measured in one process, one thread, interleaved in rotating order, median over
-``--timing-rounds`` rounds (the runs' own wall-clock times depend on what else shared the
-machine). ``--no-timing`` leaves it out.
+step) at its best step size, measured in one process, one thread, interleaved in rotating
+order, as this thread's CPU time (``time.thread_time``), median over ``--timing-rounds``
+rounds: the runs' own wall-clock times depend on what else shared the machine, the CPU time
+much less. ``--no-timing`` leaves it out.
 """
 
 from __future__ import annotations
@@ -110,9 +111,9 @@ def step_seconds(logs: list[dict[str, Any]], rounds: int) -> dict[str, float]:
     names = list(steps)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
+            start = time.thread_time()
             steps[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.thread_time() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -138,12 +139,11 @@ def report(root: Path, out: Path, timing_rounds: int) -> str:
     lines = [
         f"### {name}: {config['network'].split(':')[-1]} on {config['task'].split(':')[-1]}, "
         f"{config['steps']} steps, batch {config['batch_size']}, "
-        f"{len(any_log_seeds(runs))} seeds",
+        f"up to {len(any_log_seeds(runs))} seeds",
         "",
-        f"| optimizer | best lr | final validation loss ({unit}) | diverged at | s/step | "
-        + " | ".join(f"lr {lr:g}" for lr in grid)
-        + " |",
-        "|---|---|---|---|---|" + "---|" * len(grid),
+        f"| optimizer | seeds | best lr | final validation loss ({unit}) | diverged at | "
+        "CPU s/step | " + " | ".join(f"lr {lr:g}" for lr in grid) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(grid),
     ]
     for learner in learners:
         by_lr = runs[learner]
@@ -162,9 +162,8 @@ def report(root: Path, out: Path, timing_rounds: int) -> str:
         s = f"{seconds[learner]:.3f}" if learner in seconds else ""
         best = "all diverged" if mean == math.inf else f"{mean:.3f} +- {se:.3f}"
         lines.append(
-            f"| {learner} | {lr:g} | {best} | {', '.join(diverged) or 'none'} | {s} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {learner} | {len(by_lr[lr])} | {lr:g} | {best} | "
+            f"{', '.join(diverged) or 'none'} | {s} | " + " | ".join(cells) + " |"
         )
     plot_curves(runs, seconds, divisor, unit, name, out / f"curves_{name}.png")
     plot_sensitivity(runs, unit, name, out / f"sensitivity_{name}.png")
@@ -202,7 +201,7 @@ def plot_curves(runs, seconds, divisor: float, unit: str, name: str, path: Path)
             ax.fill_between(x, mean - se, mean + se, alpha=0.2)
     axes[0][0].set_xlabel("steps")
     if seconds:
-        axes[0][1].set_xlabel("seconds (steps x measured s/step, 1 thread)")
+        axes[0][1].set_xlabel("seconds (steps x measured CPU s/step, 1 thread)")
     for ax in axes[0]:
         ax.set_ylabel(f"validation loss ({unit})")
         ax.grid(alpha=0.3)

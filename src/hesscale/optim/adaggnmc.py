@@ -13,8 +13,13 @@ class AdaGGNMC(ExtensionAdam):
     """Adam with the squared gradient replaced by BackPACK's DiagGGNMC estimate (a baseline).
 
     ``opt.method`` is ``DiagGGNMC(mc_samples)``; the diagonal is read from ``p.diag_ggn_mc``.
-    Usage, arguments and update exactly as AdaHesScale (see its docstring), with
-    ``mc_samples``: the number of Monte-Carlo samples of the GGN per backward pass.
+    Usage, arguments, variants (default ``'floored'``; ``variant='paper'`` for the published
+    comparison) and update exactly as AdaHesScale (see its docstring and math), with h the
+    Monte-Carlo GGN diagonal and ``mc_samples``: the number of Monte-Carlo samples of the GGN
+    per backward pass.
+
+    Raises:
+        ValueError: an invalid hyperparameter (``mc_samples`` not an int >= 1, ...).
     """
 
     savefield = "diag_ggn_mc"

@@ -20,7 +20,15 @@ def spatial_average(d: Tensor) -> Tensor:
 
 
 class AdaHessian(DiagonalAdam):
-    """AdaHessian: Adam with v averaging D^2, D = |v * Hv| for a Rademacher vector v.
+    r"""AdaHessian: Adam with v averaging D^2, D = |v * Hv| for a Rademacher vector v.
+
+    .. math::
+        D_t &= |z \odot H_t z|, \quad z \sim \mathrm{Rademacher}
+            \text{ (spatially averaged for conv kernels)}, \\
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2) D_t^2, \\
+        p_t &= p_{t-1} (1 - \eta\lambda) - \eta \frac{m_t / (1 - \beta_1^t)}
+            {(\sqrt{v_t / (1 - \beta_2^t)})^{k} + \epsilon}, \quad k = \text{hessian\_power}.
 
     D is Hutchinson's one-sample estimate of |diag(H)| (v*Hv is unbiased for diag(H)),
     averaged over the spatial dims of conv kernels (``spatial_average``); the denominator is
@@ -48,7 +56,12 @@ class AdaHessian(DiagonalAdam):
     ``opt.create_graph`` is True.
     Defaults follow the AdaHessian paper: lr=0.15, betas=(0.9, 0.999), eps=1e-4,
     hessian_power=1. Other arguments as AdaHesScale (decoupled weight_decay, maximize,
-    on_nonfinite).
+    on_nonfinite, foreach); AdaHessian has no ``variant``: its update is the paper's.
+
+    Raises:
+        ValueError: an invalid hyperparameter, named in the message.
+        HesScaleError: ``step()`` without the gradient's graph (see above).
+        NonFiniteError: a gradient or D holds inf/NaN (with ``on_nonfinite='raise'``).
     """
 
     create_graph = True
@@ -65,6 +78,7 @@ class AdaHessian(DiagonalAdam):
         maximize: bool = False,
         spatial_average: bool = True,
         on_nonfinite: str = "raise",
+        foreach: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -75,6 +89,7 @@ class AdaHessian(DiagonalAdam):
             maximize=maximize,
             hessian_power=hessian_power,
             on_nonfinite=on_nonfinite,
+            foreach=foreach,
             spatial_average=spatial_average,
         )
 

@@ -121,8 +121,14 @@ class DiagonalAdam(torch.optim.Optimizer):
         return {**super().__getstate__(), "method": self.method}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Also what ``load_state_dict`` ends with: groups saved before the options ``clip``,
+        ``floor`` and ``foreach`` existed get the values that reproduce them (the paper's
+        update: neither clip nor floor)."""
         super().__setstate__(state)
         self._used = {}
+        for group in self.param_groups:
+            for key, value in (("clip", None), ("floor", None), ("foreach", None)):
+                group.setdefault(key, value)
 
     # validation ---------------------------------------------------------------------------
 

@@ -121,32 +121,36 @@ def group_step(
             ws = [states[i]["exp_avg_sq"] for i in bucket]
             multi_tensor.mul_(ws, beta2)
             multi_tensor.addcmul_(ws, gs, gs, value=1 - beta2)
-        if ws is not None and preconditioner == "adam" and power == 1.0:
-            # max(sqrt(v_hat), floor sqrt(w_hat)) = sqrt(max(v, floor^2 w) / bias2): one sqrt
+        # D = d(v_hat)^power = D_raw / s with D_raw = (sqrt(v) or v)^power and s the bias
+        # correction's share, (sqrt(bias2) or bias2)^power; then m_hat / (D + eps) =
+        # (s / bias1) * m / (D_raw + eps * s), which saves a pass over the tensors
+        root = preconditioner != "newton"
+        s = [(math.sqrt(b) if root else b) ** power for b in bias2]
+        if ws is not None and root and power == 1.0:
+            # max(sqrt(v), floor sqrt(w)) = sqrt(max(v, floor^2 w)): one square root
             floored = ws if floor == 1.0 else multi_tensor.mul(ws, floor**2)
             denom = multi_tensor.maximum(vs, floored)
             multi_tensor.sqrt_(denom)
-            multi_tensor.div_(denom, [math.sqrt(b) for b in bias2])
         else:
-            if preconditioner == "newton":
-                denom = multi_tensor.div(vs, bias2)
-            else:
-                denom = multi_tensor.sqrt(vs)
-                multi_tensor.div_(denom, [math.sqrt(b) for b in bias2])
+            denom = multi_tensor.sqrt(vs) if root else [v.clone() for v in vs]
             if power != 1.0:
                 multi_tensor.pow_(denom, power)
-            if ws is not None:  # d = max(d, floor * sqrt(w_hat))
+            if ws is not None:  # D = max(D, floor * sqrt(w_hat)), times s
                 gradient_scale = multi_tensor.sqrt(ws)
-                multi_tensor.mul_(gradient_scale, [floor / math.sqrt(b) for b in bias2])
+                multi_tensor.mul_(
+                    gradient_scale,
+                    [floor * f / math.sqrt(b) for f, b in zip(s, bias2, strict=True)],
+                )
                 multi_tensor.maximum_(denom, gradient_scale)
-        multi_tensor.add_(denom, eps)
+        multi_tensor.add_(denom, [eps * f for f in s])
         if weight_decay != 0:
             multi_tensor.mul_(ps, 1 - lr * weight_decay)
         if clip is None and delta is None:
-            multi_tensor.addcdiv_(ps, ms, denom, [-lr / b for b in bias1])  # p -= u
+            factors = [-lr * f / b for f, b in zip(s, bias1, strict=True)]
+            multi_tensor.addcdiv_(ps, ms, denom, factors)  # p -= u
             continue
         us = multi_tensor.div(ms, denom)
-        multi_tensor.div_(us, bias1)  # r = m_hat / (d^power + eps)
+        multi_tensor.mul_(us, [f / b for f, b in zip(s, bias1, strict=True)])  # r
         if clip is not None:
             multi_tensor.clamp_min_(us, -clip)
             multi_tensor.clamp_max_(us, clip)
