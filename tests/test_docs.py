@@ -99,14 +99,17 @@ def page_id(page: Path) -> str:
     return str(page.relative_to(ROOT))
 
 
-def pages_with(languages: set[str], slow: bool) -> list:
-    """Pages with blocks to run in the default suite (slow=False) or under -m slow."""
+def python_params() -> list:
+    """Each page with python blocks; again under -m slow for a page with slow blocks."""
     params = []
     for page in PAGES:
-        blocks = [b for b in code_blocks(page) if b.language in languages]
-        if any(b.marker == "slow" for b in blocks) if slow else blocks:
-            marks = [pytest.mark.slow] if slow else []
-            params.append(pytest.param(page, id=page_id(page), marks=marks))
+        blocks = [b for b in code_blocks(page) if b.language in PYTHON]
+        if any(b.marker == "" for b in blocks):
+            params.append(pytest.param(page, False, id=page_id(page)))
+        if any(b.marker == "slow" for b in blocks):
+            params.append(
+                pytest.param(page, True, id=f"{page_id(page)}-slow", marks=pytest.mark.slow)
+            )
     return params
 
 
@@ -171,14 +174,9 @@ def python_blocks(page: Path, slow: bool) -> list[Block]:
     return [b for b in code_blocks(page) if b.language in PYTHON and b.marker in kinds]
 
 
-@pytest.mark.parametrize("page", pages_with(PYTHON, slow=False))
-def test_python_blocks_run(page, tmp_path, monkeypatch):
-    run_python(python_blocks(page, slow=False), tmp_path, monkeypatch)
-
-
-@pytest.mark.parametrize("page", pages_with(PYTHON, slow=True))
-def test_python_blocks_run_with_slow_ones(page, tmp_path, monkeypatch):
-    run_python(python_blocks(page, slow=True), tmp_path, monkeypatch)
+@pytest.mark.parametrize(("page", "slow"), python_params())
+def test_python_blocks_run(page, slow, tmp_path, monkeypatch):
+    run_python(python_blocks(page, slow), tmp_path, monkeypatch)
 
 
 def commands(code: str) -> str:
@@ -249,6 +247,23 @@ def shell_params(slow: bool) -> list:
         for page in PAGES
         for block in shell_blocks(page, slow)
     ]
+
+
+def skipped_params() -> list:
+    """Blocks marked skip, reported as skipped tests with their reason."""
+    return [
+        pytest.param(
+            block, id=block.where, marks=pytest.mark.skip(reason=f"{block.where}: {block.reason}")
+        )
+        for page in PAGES
+        for block in code_blocks(page)
+        if block.marker == "skip"
+    ]
+
+
+@pytest.mark.parametrize("block", skipped_params())
+def test_block_marked_skip(block):
+    raise AssertionError("never runs")  # pragma: no cover
 
 
 @pytest.mark.parametrize("block", shell_params(slow=False))
