@@ -1,76 +1,91 @@
-"""The README: its first example runs as written, its commands are CI's, its list of supported
-modules is the registry's."""
+"""The README is the landing page: short, with the three commands CI runs, and an example whose
+numbers are right (its blocks also run in tests/test_docs.py). The lists of supported modules and
+operations moved to the docs: the BackPACK tutorial's list must name exactly the registry's."""
 
 import re
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call, hessian
 
 import hesscale
+from tests.test_docs import code_blocks, run_python
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def _run_seeded(code: str, seed: int) -> dict:
-    """Run a README block with torch's generator seeded, so that its random draws can be
-    replayed."""
-    torch.manual_seed(seed)
-    namespace: dict = {}
-    exec(compile(code, str(README), "exec"), namespace)
-    return namespace
-
-
-def _exact_hessian_diagonal(loss_of) -> torch.Tensor:
-    """diag of the dense Hessian of ``loss_of(flat parameter)`` at ``loss_of.at``."""
-    hessian = torch.autograd.functional.hessian(loss_of, loss_of.at.detach().clone())
-    return torch.diagonal(hessian)
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BACKPACK_PAGE = ROOT / "docs" / "tutorials" / "backpack.md"
+INSTALL, MAIN_JOB, TESTS = (
+    'pip install -e ".[dev]"',
+    "hesscale approx-quality",
+    "python -m pytest -q",
+)
 
 
-def test_readme_quickstart_runs():
-    """The block's last layer feeds the loss linearly, so both of its diagonals are the exact
-    Hessian diagonal of the loss w.r.t. that layer (replayed from the same random draws)."""
-    import torch.nn.functional as F
-
-    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[0]
-    namespace = _run_seeded(code, seed=0)
-    model = namespace["model"]
-    for p in model.parameters():
-        assert p.hesscale.shape == p.shape and p.hesscale_gn.shape == p.shape
-        assert p.hesscale.abs().sum() > 0
-    torch.manual_seed(0)
-    type(model)()  # the same draws as the block: the model's initialization, then the data
-    x, y = torch.randn(8, 6), torch.randint(0, 10, (8,))
-    features = model.norm(x + F.gelu(model.inner(x))).detach()
-    for name in ("weight", "bias"):
-        param = getattr(model.out, name)
-
-        def loss_of(flat, name=name, param=param):
-            weights = {"weight": model.out.weight, "bias": model.out.bias}
-            weights[name] = flat.view_as(param)
-            return F.cross_entropy(F.linear(features, **weights), y)
-
-        loss_of.at = param.reshape(-1)
-        exact = _exact_hessian_diagonal(loss_of).view_as(param)
-        torch.testing.assert_close(param.hesscale, exact, rtol=1e-4, atol=1e-7)
-        torch.testing.assert_close(param.hesscale_gn, exact, rtol=1e-4, atol=1e-7)
+def test_readme_is_a_short_landing_page_with_the_three_commands():
+    text = README.read_text()
+    assert len(text.splitlines()) < 150
+    (commands,) = [b.code for b in code_blocks(README) if INSTALL in b.code]
+    lines = [line.split("#")[0].strip() for line in commands.splitlines()]
+    assert lines == [INSTALL, MAIN_JOB, TESTS]
+    # the CPU-only wheel comes before the install line, with the sizes that motivate it
+    cpu_wheel = text.index("--index-url https://download.pytorch.org/whl/cpu")
+    assert cpu_wheel < text.index(INSTALL) and "5.9 GB" in text and "3.2 GB" in text
+    assert "mkdocs serve" in text
 
 
 def test_readme_commands_match_ci():
-    readme, ci = README.read_text(), (README.parent / ".ci" / "run").read_text()
-    assert 'pip install -e ".[dev]"' in readme and 'pip install -e ".[dev]"' in ci
-    assert "python -m pytest -q" in readme and "python -m pytest -q" in ci
+    readme, ci = README.read_text(), (ROOT / ".ci" / "run").read_text()
+    assert INSTALL in readme and INSTALL in ci
+    assert TESTS in readme and TESTS in ci
     assert "python -m pytest -q -m slow" in readme and "python -m pytest -q -m slow" in ci
-    assert "--index-url https://download.pytorch.org/whl/cpu" in readme  # the CPU-only wheel
+    assert re.search(r"^mkdocs build --strict", ci, re.M), "CI builds the docs strictly"
 
 
-def readme_supported_modules() -> set[str]:
-    """The nn.Module names the README's "Supported" list names (``Conv1d/2d/3d`` is three)."""
-    text = README.read_text()
-    section = text[text.index("**Supported**") : text.index("Every entry of HesScaleGN")]
+def test_readme_example_gives_autograd_gradients_and_the_exact_last_layer(tmp_path, monkeypatch):
+    """The example's diagonals, checked against brute force: for a Linear layer scored by
+    cross-entropy per sample, both variants are exactly the Hessian's diagonal."""
+    (example,) = [b for b in code_blocks(README) if b.language == "python"]
+    example.code = example.code.split("opt = AdaHesScale")[0]  # the diagonals, not the training
+    torch.manual_seed(0)
+    namespace = run_python([example], tmp_path, monkeypatch)
+    model, x, y = namespace["model"], namespace["x"], namespace["y"]
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss_of(name):
+        return lambda value: F.cross_entropy(functional_call(model, {**params, name: value}, x), y)
+
+    gradients = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    for p, grad in zip(model.parameters(), gradients, strict=True):
+        torch.testing.assert_close(p.grad, grad)
+        assert p.hesscale.shape == p.shape and p.hesscale.dtype == p.dtype
+        assert (p.hesscale_gn >= 0).all(), "HesScaleGN of cross-entropy is non-negative"
+    for name in ("2.weight", "2.bias"):  # the last layer: exact
+        exact = hessian(loss_of(name))(params[name]).reshape(params[name].numel(), -1).diagonal()
+        p = dict(model.named_parameters())[name]
+        torch.testing.assert_close(p.hesscale.flatten(), exact, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(p.hesscale_gn, p.hesscale)
+    # below it, tanh's curvature is what HesScale keeps and HesScaleGN drops
+    assert not torch.allclose(model[0].weight.hesscale, model[0].weight.hesscale_gn)
+
+
+def test_readme_example_trains(tmp_path, monkeypatch):
+    (example,) = [b for b in code_blocks(README) if b.language == "python"]
+    torch.manual_seed(0)
+    namespace = run_python([example], tmp_path, monkeypatch)
+    model, x, y = namespace["model"], namespace["x"], namespace["y"]
+    torch.manual_seed(0)
+    untrained = torch.nn.Sequential(
+        torch.nn.Linear(6, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10)
+    )
+    with torch.no_grad():
+        assert F.cross_entropy(model(x), y) < F.cross_entropy(untrained(x), y) - 0.05
+
+
+def listed_modules(text: str) -> set[str]:
+    """The nn.Module names a prose list names (``Conv1d/2d/3d`` is three)."""
     names = set()
-    for base, dims in re.findall(
-        r"\b([A-Z][A-Za-z]*?)([123]d(?:/[123]d)*)?(?![A-Za-z0-9])", section
-    ):
+    for base, dims in re.findall(r"\b([A-Z][A-Za-z]*?)([123]d(?:/[123]d)*)?(?![A-Za-z0-9])", text):
         for name in [base + d for d in dims.split("/")] if dims else [base]:
             cls = getattr(torch.nn, name, None)
             if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
@@ -78,36 +93,9 @@ def readme_supported_modules() -> set[str]:
     return names
 
 
-def test_readme_lists_exactly_the_supported_modules():
-    readme, registry = readme_supported_modules(), set(hesscale.supported_modules())
-    assert readme - registry == set(), "the README lists modules without a rule"
-    assert registry - readme == set(), "the README does not list these supported modules"
-
-
-def test_readme_user_layer_example_runs():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    (code,) = [block for block in blocks if "set_module_extension" in block]
-    namespace = _run_seeded(code, seed=1)
-    scale = namespace["model"][1].weight
-    assert scale.hesscale.shape == scale.shape and scale.hesscale.abs().sum() > 0
-    # the user's rule against the engine on the same model and data (x * a as autograd sees it)
-    import torch.nn.functional as F
-
-    first, last = namespace["model"][0], namespace["model"][2]
-    torch.manual_seed(1)
-    namespace["Scale"](4), torch.nn.Linear(6, 4), torch.nn.Linear(4, 3)  # replay the draws
-    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-    a = scale.detach().clone().requires_grad_(True)
-    hesscale.backward(F.cross_entropy(last(first(x) * a), y), inputs=[a])
-    torch.testing.assert_close(scale.hesscale, a.hesscale, rtol=1e-5, atol=1e-8)
-
-
-def test_readme_lists_exactly_the_supported_operations():
-    from hesscale.engine.ops import supported_operations_markdown
-
-    text = README.read_text()
-    start, end = "<!-- operations:start -->\n", "\n<!-- operations:end -->"
-    listed = text[text.index(start) + len(start) : text.index(end)]
-    assert listed == supported_operations_markdown(), (
-        "README's operation list is stale: regenerate it with supported_operations_markdown()"
-    )
+def test_backpack_page_lists_exactly_the_supported_modules():
+    text = BACKPACK_PAGE.read_text()
+    listed = listed_modules(text[text.index("**Supported**") : text.index("<!-- supported:end")])
+    registry = set(hesscale.supported_modules())
+    assert listed - registry == set(), "the docs list modules without a rule"
+    assert registry - listed == set(), "the docs do not list these supported modules"

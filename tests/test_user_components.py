@@ -574,11 +574,13 @@ def test_the_examples_components_satisfy_their_contracts(monkeypatch):
     assert log["status"] == "finished" and all(v < 5 for v in log["loss"])
 
 
-def test_the_readmes_python_sweep_runs_as_written(registries, tmp_path, monkeypatch):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    (code,) = [c for c in re.findall(r"```python\n(.*?)```", readme, re.S) if "run_sweep" in c]
+def test_the_docs_python_sweep_runs_as_written(registries, tmp_path, monkeypatch):
+    page = Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "experiments.md"
+    (code,) = [
+        c for c in re.findall(r"```python\n(.*?)```", page.read_text(), re.S) if "run_sweep" in c
+    ]
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    exec(compile(code, str(page), "exec"), {"__name__": "readme"})
     summary = (tmp_path / "results" / "wide" / "plots" / "summary.md").read_text()
     assert "| adahesscale |" in summary and "| rmsprop |" in summary
 

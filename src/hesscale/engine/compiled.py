@@ -67,7 +67,14 @@ def compile(  # noqa: A001  (hesscale.compile, as torch.compile)
         gn: as for ``hesscale.backward``.
         modules: the modules whose parameters and buffers ``fn`` uses; by default those ``fn``
             refers to (closure, globals, defaults, ``self`` of a method).
-        backend, compile_options: passed to ``torch.compile`` for the traced graph.
+        backend: passed to ``torch.compile`` for the traced graph.
+        compile_options: passed to ``torch.compile`` for the traced graph.
+
+    Returns:
+        A callable: ``step(*args)`` returns the loss and fills ``p.grad`` and the diagonals.
+
+    Raises:
+        HesScaleError: where ``fn`` cannot be compiled this way (named in the message).
     """
     found = _find_modules(fn) if modules is None else list(modules)
     if not found:

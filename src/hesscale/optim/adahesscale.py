@@ -119,9 +119,6 @@ class AdaHesScale(ExtensionAdam):
         foreach: update all parameters of a group with torch's multi-tensor operations (None,
             the default, and True) or one parameter at a time (False); the same arithmetic.
 
-    Returns:
-        ``step()`` returns the closure's loss, or None without a closure.
-
     Raises:
         ValueError: an invalid hyperparameter or variant, named in the message.
         HesScaleError: ``step()`` found a gradient without a fresh diagonal.
