@@ -31,6 +31,34 @@ def record(leaf: Tensor, variant: str, diagonal: Tensor) -> None:
     _written.setdefault(leaf, {})[variant] = (weakref.ref(diagonal), grad_stamp(leaf.grad))
 
 
+def fresh(leaf: Tensor, variant: str) -> bool:
+    """Whether ``leaf.<variant>`` was written beside the gradient ``leaf.grad`` holds now (the
+    same tensor, unchanged since); False without either."""
+    previous = getattr(leaf, variant, None)
+    entry = _written.get(leaf, {}).get(variant)
+    return (
+        previous is not None
+        and leaf.grad is not None
+        and entry is not None
+        and entry[0]() is previous
+        and entry[1] == grad_stamp(leaf.grad)
+    )
+
+
+def saved(leaf: Tensor) -> dict:
+    """The record of ``leaf`` (to put back with ``restore`` after passes that must leave no
+    trace, as ``hesscale.diagonal``'s)."""
+    return dict(_written.get(leaf, {}))
+
+
+def restore(leaf: Tensor, record_of_leaf: dict) -> None:
+    """Put back a record taken with ``saved``."""
+    if record_of_leaf:
+        _written[leaf] = dict(record_of_leaf)
+    else:
+        _written.pop(leaf, None)
+
+
 def continues(leaf: Tensor, variant: str) -> bool:
     """Whether the next pass adds to ``leaf.<variant>`` (see the module docstring)."""
     previous = getattr(leaf, variant, None)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hesscale import accumulation
 from hesscale.engine.backward import backward
 
 VARIANTS = ("hesscale", "hesscale_gn")
@@ -94,7 +95,9 @@ def loss_diagonal(loss: Tensor, params: Sequence[Tensor], gn: bool) -> list[Tens
 def _state_kept(params: Sequence[Tensor]):
     """Clears grad and diagonals of ``params`` for the block, and puts the same tensors back
     afterwards (the same objects, so that later passes accumulate into them as before)."""
-    saved = [(p.grad, {v: p.__dict__.get(v) for v in VARIANTS}) for p in params]
+    saved = [
+        (p.grad, {v: p.__dict__.get(v) for v in VARIANTS}, accumulation.saved(p)) for p in params
+    ]
     try:
         for p in params:
             p.grad = None
@@ -102,8 +105,9 @@ def _state_kept(params: Sequence[Tensor]):
                 p.__dict__.pop(v, None)
         yield
     finally:
-        for p, (grad, diagonals) in zip(params, saved, strict=True):
+        for p, (grad, diagonals, record) in zip(params, saved, strict=True):
             p.grad = grad
+            accumulation.restore(p, record)
             for v, value in diagonals.items():
                 if value is None:
                     p.__dict__.pop(v, None)

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hesscale import accumulation
 from hesscale.engine import backward as diagonal_backward
 from hesscale.errors import HesScaleError
-from hesscale.internals import grad_stamp
 
 UTILITIES = ("first", "second")
 DIAGONALS = ("hesscale", "hesscale_gn")
@@ -87,8 +87,7 @@ class UPGD(torch.optim.Optimizer):
     def _curvature(self, p: Tensor) -> Tensor:
         """The fresh diagonal beside ``p.grad`` (an error if there is none)."""
         h = getattr(p, self.diagonal, None)
-        stamp = getattr(h, "_hesscale_grad_stamp", None)  # written by hesscale.backward
-        if h is None or (stamp is not None and stamp != grad_stamp(p.grad)):
+        if h is None or not accumulation.fresh(p, self.diagonal):
             gn = ", gn=True" if self.diagonal == "hesscale_gn" else ""
             raise HesScaleError(
                 f"UPGD(utility='second'): a parameter of shape {tuple(p.shape)} has a gradient "
