@@ -304,3 +304,19 @@ def test_multi_tensor_ops_exist_and_act_per_tensor(name):
     got = copies if name.endswith("_") else result
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e)
+
+
+def test_is_concrete_cpu_tells_real_cpu_tensors_from_traced_ones():
+    """rules.matmul.fits_square reads a value only from real CPU tensors, never while make_fx
+    traces (hesscale.compile), where it would bake one call's data into the graph."""
+    seen = []
+
+    def fn(x):
+        seen.append(internals.is_concrete_cpu(x))
+        return x * 2
+
+    assert internals.is_concrete_cpu(torch.ones(3))
+    assert internals.is_concrete_cpu(nn.Parameter(torch.ones(3)))
+    assert not internals.is_concrete_cpu(torch.ones(3, device="meta"))
+    internals.trace_aten(fn, torch.ones(3))
+    assert seen == [False]

@@ -259,6 +259,19 @@ GPU_NODE_SAVED = {
 CUDNN_RNN_MODES = {0: "RNN_RELU", 1: "RNN_TANH", 2: "LSTM", 3: "GRU"}
 
 
+def is_concrete_cpu(t: Tensor) -> bool:
+    """Whether ``t`` holds real values on the CPU, outside any tracing (no fake tensor, no
+    ``TorchDispatchMode`` such as ``make_fx``'s active), so that reading a value from it
+    (``.item()``) costs no device synchronisation and bakes nothing into a traced graph."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return (
+        t.device.type == "cpu"
+        and not isinstance(t, FakeTensor)
+        and torch._C._len_torch_dispatch_stack() == 0
+    )
+
+
 # --- tracing for hesscale.compile --------------------------------------------------------------
 
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hesscale.rules.matmul import SQUARE_SAFE
+from hesscale.rules.matmul import SQUARE_SAFE, fits_square
 from hesscale.rules.precision import promote, upcast
 
 
@@ -111,12 +111,18 @@ def conv_diagonals(
     n = len(geometry.stride)
     symmetric, excess = _split_padding(geometry)
     pads = any(before or after for before, after in excess)
+    channel_max = None  # None: c = 1 for every channel
     if wants_weight:  # x^2 = (x / c)^2 c^2 per input channel (rules.matmul.scaled_square)
-        channel_max = (
-            x.abs().amax([0, *range(2, x.dim())]).div_(SQUARE_SAFE) if x.numel() else x.new_ones(1)
-        )
-        channel_max = channel_max.clamp_(min=1).expand(x.shape[1])
-        x = (x / channel_max.view(1, -1, *[1] * n)).square_()
+        if fits_square(x):
+            x = x.square()
+        else:
+            channel_max = (
+                x.abs().amax([0, *range(2, x.dim())]).div_(SQUARE_SAFE)
+                if x.numel()
+                else x.new_ones(1)
+            )
+            channel_max = channel_max.clamp_(min=1).expand(x.shape[1])
+            x = (x / channel_max.view(1, -1, *[1] * n)).square_()
         if pads:
             x = F.pad(x, [v for pair in reversed(excess) for v in pair])
     elif pads:  # only the shape matters
@@ -133,7 +139,7 @@ def conv_diagonals(
         geometry.transposed, list(geometry.output_padding or (0,) * n), geometry.groups,
         [wants_input, wants_weight, False],
     )  # fmt: skip
-    if h_weight is not None:
+    if h_weight is not None and channel_max is not None:
         factor = _per_weight_entry(channel_max, h_weight.shape, geometry)
         h_weight = h_weight.mul_(factor.square().clamp_(max=torch.finfo(factor.dtype).max))
     if taps is not None and h_weight is not None:  # the other taps only ever read zeros

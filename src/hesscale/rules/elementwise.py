@@ -145,12 +145,52 @@ def gelu_derivatives(x: Tensor, approximate: str = "none") -> Derivatives:
         first = 0.5 * (1 + t) + 0.5 * x * sech2 * du
         second = sech2 * du + 0.5 * x * sech2 * (d2u - 2 * t * du.square())
         return first, second
-    if approximate != "none":
-        raise ValueError(f"GELU approximate={approximate!r} is not supported; use 'none' or 'tanh'")
+    _check_gelu(approximate)
     half_square = x.square().mul_(-0.5)  # -x^2 / 2
     pdf = half_square.exp().mul_(1 / math.sqrt(2 * math.pi))  # subnormal only for |x| > 13
     first = torch.erf(x * (1 / math.sqrt(2.0))).add_(1).mul_(0.5).addcmul_(x, pdf)  # Phi + x phi
     return first, pdf.mul_(half_square.mul_(2).add_(2))  # phi (2 - x^2)
+
+
+def gelu_input(h_out: Tensor | None, g_out: Tensor | None, x: Tensor, approximate: str) -> Tensor:
+    """h_x = sigma'(x)^2 h_z + sigma''(x) g_z for GELU (either may be None: zero, not both).
+
+    sigma' comes from ATen's fused GELU backward kernel (its product with a tensor of ones),
+    one pass where forming Phi + x phi from erf and exp takes five; sigma'' is
+    ``gelu_derivatives``'s (for 'none', phi (2 - x^2) alone)."""
+    h_out, g_out, x = promote(h_out, g_out, upcast(x))
+    h_in = None
+    if h_out is not None:
+        first = torch.ops.aten.gelu_backward(torch.ones_like(x), x, approximate=approximate)
+        h_in = first.square_().mul_(h_out)
+    if g_out is None:
+        return h_in
+    if approximate == "tanh":
+        second = gelu_derivatives(x, approximate)[1]
+    else:
+        _check_gelu(approximate)
+        half_square = x.square().mul_(-0.5)  # -x^2 / 2
+        second = half_square.exp().mul_(1 / math.sqrt(2 * math.pi))  # phi
+        second.mul_(half_square.mul_(2).add_(2))  # phi (2 - x^2)
+    return second.mul_(g_out) if h_in is None else h_in.addcmul_(second, g_out)
+
+
+def _check_gelu(approximate: str) -> None:
+    if approximate != "none":
+        raise ValueError(f"GELU approximate={approximate!r} is not supported; use 'none' or 'tanh'")
+
+
+def tanh_input(h_out: Tensor | None, g_out: Tensor | None, t: Tensor) -> Tensor:
+    """h_x = (1 - t^2)^2 h_z - 2 t (1 - t^2) g_z for z = t = tanh(x) (from the output), each
+    product by 1 - t^2 as ATen's fused tanh backward kernel (either of h_out, g_out may be
+    None: zero, not both)."""
+    h_out, g_out, t = promote(h_out, g_out, t)
+    backward = torch.ops.aten.tanh_backward  # v -> v (1 - t^2)
+    h_in = None if h_out is None else backward(backward(h_out, t), t)
+    if g_out is None:
+        return h_in
+    second = backward(g_out, t).mul_(t)  # t (1 - t^2) g_z
+    return second.mul_(-2) if h_in is None else h_in.add_(second, alpha=-2)
 
 
 # elementwise functions of arithmetic (the engine's operations on any tensor) ---------------

@@ -8,8 +8,9 @@ z[i, k] = sum_j a[i, j] b[j, k] links a[i, j] to z[i, k] through the single valu
 The squares and products are computed in float32 where float16 takes part (rules.precision).
 Each factor is squared after dividing the lines that enter one sum by c = their largest entry
 / 2^50 (when above 1: only for data whose squares near float32's range), the product multiplied
-back by c^2: so an entry whose square overflows
-gives inf only where the exact sum does, and 0 where the h it meets is 0 (never 0 * inf = NaN).
+back by c^2: so an entry whose square overflows gives inf only where the exact sum does, and 0
+where the h it meets is 0 (never 0 * inf = NaN). Where every entry is known to be below 2^50
+(``fits_square``), c = 1 and the factor is squared as it is.
 """
 
 from __future__ import annotations
@@ -17,19 +18,32 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hesscale.internals import is_concrete_cpu
 from hesscale.rules.precision import promote
 
 SQUARE_SAFE = 2.0**50  # (2^50)^2 = 2^100: far below float32's 2^128, even summed 2^27 times
 
 
-def scaled_square(t: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+def fits_square(t: Tensor) -> bool:
+    """True when every |t| <= 2^50 is known, so that t^2 needs no rescaling: checked (one
+    read of t) where that costs no device synchronisation and bakes nothing into a traced
+    graph (internals.is_concrete_cpu); False (unknown) elsewhere."""
+    if not is_concrete_cpu(t):
+        return False
+    if t.numel() == 0:
+        return True
+    lowest, highest = torch.aminmax(t)  # (one vectorised pass; NaN fails both comparisons)
+    return lowest.item() >= -SQUARE_SAFE and highest.item() <= SQUARE_SAFE
+
+
+def scaled_square(t: Tensor, dim: int) -> tuple[Tensor, Tensor | None]:
     """((t / c)^2, c^2) with c = max(1, max |t| along ``dim`` / 2^50) (keepdim):
-    t^2 = (t / c)^2 c^2, with no overflow in the first factor. For entries below 2^50 (all
-    but overflowing data) c = 1 and the squares are exactly t^2. c^2 is capped at the dtype's
+    t^2 = (t / c)^2 c^2, with no overflow in the first factor. c^2 is capped at the dtype's
     largest number, so that a zero sum stays zero when multiplied back (a sum that is not zero
-    is beyond the dtype's range there anyway)."""
-    if t.shape[dim] == 0:  # an empty batch: nothing to scale
-        return t.square(), t.new_ones(()).expand(t.shape[:dim] + (1,) + t.shape[dim:][1:])
+    is beyond the dtype's range there anyway). Where c = 1 is known (``fits_square``), returns
+    (t^2, None): nothing to multiply back."""
+    if fits_square(t):
+        return t.square(), None
     c = t.abs().amax(dim, keepdim=True).div_(SQUARE_SAFE).clamp_(min=1)
     return (t / c).square_(), c.square_().clamp_(max=torch.finfo(c.dtype).max)
 
@@ -38,8 +52,11 @@ def matmul_left(h_out: Tensor, right: Tensor) -> Tensor:
     """h_a = h_z @ (b * b)^T for z = a @ b."""
     h_out, right = promote(h_out, right)
     squares, c2 = scaled_square(right, -1)
+    product = h_out @ squares.mT
+    if c2 is None:
+        return product
     c2 = c2.mT if c2.dim() > 1 and h_out.dim() > 1 else c2.squeeze(-1)  # vector h_z: no row
-    return (h_out @ squares.mT).mul_(c2)
+    return product.mul_(c2)
 
 
 def matmul_right(h_out: Tensor, left: Tensor, transposed: bool = False) -> Tensor:
@@ -51,8 +68,10 @@ def matmul_right(h_out: Tensor, left: Tensor, transposed: bool = False) -> Tenso
     h_out, left = promote(h_out, left)
     squares, c2 = scaled_square(left, -2)
     if transposed:
-        return (h_out.mT @ squares).mul_(c2).mT
-    return (squares.mT @ h_out).mul_(c2.mT)
+        product = h_out.mT @ squares
+        return product.mT if c2 is None else product.mul_(c2).mT
+    product = squares.mT @ h_out
+    return product if c2 is None else product.mul_(c2.mT)
 
 
 def matrix_vector_matrix(h_out: Tensor, vector: Tensor) -> Tensor:

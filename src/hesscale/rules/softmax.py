@@ -43,7 +43,7 @@ def centred_gradient(probs: Tensor, g_out: Tensor, dim: int) -> Tensor:
     probable entry of each group (equal, as the p_k sum to 1; accurate where p_m is near 1)."""
     reference = g_out.gather(dim, probs.argmax(dim, keepdim=True))
     shifted = g_out - reference
-    return shifted - (probs * shifted).sum(dim, keepdim=True)
+    return shifted.sub_((probs * shifted).sum(dim, keepdim=True))
 
 
 def softmax_input(
@@ -53,13 +53,16 @@ def softmax_input(
     ``g_out`` may be None (zero)."""
     probs, h_out, g_out = promote(probs, h_out, g_out)
     h_in = None
+    # in place where a fresh tensor is free to overwrite: fewer large allocations
     if h_out is not None:
         p2 = probs.square()
         weighted = p2 * h_out
-        others = weighted.sum(dim, keepdim=True) - weighted
-        h_in = p2 * (complement(probs, dim).square() * h_out + others)
+        total = weighted.sum(dim, keepdim=True)
+        others = weighted.neg_().add_(total)  # sum_k p_k^2 h_k - p_i^2 h_i
+        h_in = complement(probs, dim).square_().mul_(h_out).add_(others).mul_(p2)
     if g_out is not None:
-        curvature = probs * (1 - 2 * probs) * centred_gradient(probs, g_out, dim)
+        factor = probs.mul(-2).add_(1).mul_(probs)  # p (1 - 2p)
+        curvature = centred_gradient(probs, g_out, dim).mul_(factor)
         h_in = curvature if h_in is None else h_in.add_(curvature)
     return h_in
 

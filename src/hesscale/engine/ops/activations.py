@@ -19,7 +19,9 @@ def relu(call: NodeCall):
 
 @register("TanhBackward0")
 def tanh(call: NodeCall):
-    return unary(call, lambda: elementwise.tanh_derivatives_from_output(call.saved("result")))
+    if call.h is None and call.g is None:
+        return (None,)
+    return (elementwise.tanh_input(call.h, call.g, call.saved("result")),)
 
 
 @register("SigmoidBackward0")
@@ -98,8 +100,9 @@ def silu(call: NodeCall):
 
 @register("GeluBackward0")
 def gelu(call: NodeCall):
-    approximate = call.saved("approximate")
-    return unary(call, lambda: elementwise.gelu_derivatives(call.saved("self"), approximate))
+    if call.h is None and call.g is None:
+        return (None,)
+    return (elementwise.gelu_input(call.h, call.g, call.saved("self"), call.saved("approximate")),)
 
 
 @register("MishBackward0")
