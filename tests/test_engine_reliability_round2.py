@@ -167,6 +167,31 @@ def test_an_overflowing_square_meets_a_zero_diagonal(route):
     assert torch.equal(layer.weight.hesscale, torch.zeros_like(layer.weight))
 
 
+@pytest.mark.parametrize("rows", [1, 64], ids=["factor-larger", "product-larger"])
+@pytest.mark.parametrize("rule", ["left", "right", "right-transposed"])
+def test_matrix_product_rules_survive_overflowing_squares_on_either_check(rule, rows):
+    """rules.matmul checks the smaller of the factor and the product for overflow: both
+    routes give the float64 result (rounded to float32) where it is finite, and 0 where a zero
+    h meets an overflowing square."""
+    from hesscale.rules.matmul import matmul_left, matmul_right
+
+    torch.manual_seed(0)
+    factor = torch.randn(16, 16) * 1e25  # squares 1e50: beyond float32
+    factor[:, :8] = torch.randn(16, 8)  # ordinary entries beside them
+    h = torch.rand(rows, 16) * 1e-30
+    h[:, 1] = 0
+    run = {
+        "left": lambda h, f: matmul_left(h, f),
+        "right": lambda h, f: matmul_right(h.T, f.T),
+        "right-transposed": lambda h, f: matmul_right(h.T, f.T, transposed=True),
+    }[rule]
+    got = run(h, factor)
+    exact = run(h.double(), factor.double())
+    assert not got.isnan().any()
+    finite = exact.abs() < torch.finfo(torch.float32).max
+    torch.testing.assert_close(got[finite], exact[finite].float(), rtol=1e-5, atol=0)
+
+
 def test_large_inputs_keep_a_finite_diagonal_where_it_is_finite():
     """x = 3e19 with h = 1e-12: x^2 = 9e38 overflows float32, h x^2 = 9e26 does not."""
     layer = nn.Linear(1, 1, bias=False)

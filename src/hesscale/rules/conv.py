@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hesscale.rules.matmul import SQUARE_SAFE, fits_square
+from hesscale.internals import is_concrete_cpu
+from hesscale.rules.matmul import SQUARE_SAFE, known_finite
 from hesscale.rules.precision import promote, upcast
 
 
@@ -105,7 +106,27 @@ def conv_diagonals(
     output gradient and the input, so one call of ATen's ``convolution_backward`` with x^2 as
     its input and W^2 as its weight computes both (as one backward pass computes both
     gradients). ``x`` is the forward input, batched (N, C, *spatial) or unbatched.
+
+    x^2 is formed per input channel as (x / c)^2 c^2 (rules.matmul.scaled_square), except on
+    the CPU, where x^2 is tried as it is and kept when h_W comes out finite (an overflowed
+    square would make it inf or NaN): one read of h_W instead of x.
     """
+    if wants_weight and is_concrete_cpu(x):
+        result = _conv_diagonals(h_out, x, weight, geometry, wants_input, wants_weight, False)
+        if known_finite(result[1]):
+            return result
+    return _conv_diagonals(h_out, x, weight, geometry, wants_input, wants_weight, True)
+
+
+def _conv_diagonals(
+    h_out: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    geometry: ConvGeometry,
+    wants_input: bool,
+    wants_weight: bool,
+    rescale: bool,
+) -> tuple[Tensor | None, Tensor | None]:
     h_out, x, weight = promote(h_out, x, weight)
     h_out, x, batched = _batched(h_out, x, weight)
     n = len(geometry.stride)
@@ -113,7 +134,7 @@ def conv_diagonals(
     pads = any(before or after for before, after in excess)
     channel_max = None  # None: c = 1 for every channel
     if wants_weight:  # x^2 = (x / c)^2 c^2 per input channel (rules.matmul.scaled_square)
-        if fits_square(x):
+        if not rescale:
             x = x.square()
         else:
             channel_max = (
