@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import hesscale
+from hesscale.engine.graph import operation_names
 
 FLOAT32_TOLERANCE = 1e-3  # worst relative error, float32 on CUDA vs float64 on the CPU
 HALF_TOLERANCE = 0.1  # the same under bfloat16 autocast (flash / cuDNN attention)
@@ -108,15 +109,7 @@ def node_names(model: nn.Module, loss_of: Callable, autocast=None) -> set[str]:
     device = next(model.parameters()).device.type
     with torch.autocast(device, dtype=autocast) if autocast else nullcontext():
         loss = loss_of(model)
-    names, stack, seen = set(), [loss.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.add(node.name())
-        stack.extend(child for child, _ in node.next_functions)
-    return names
+    return operation_names(loss)
 
 
 def worst_error(got: dict, expected: dict, fields: tuple[str, ...]) -> tuple[float, str]:

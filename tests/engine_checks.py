@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from hesscale.engine.backward import node_diagonals
+from hesscale.engine.graph import operation_names
 from hesscale.internals import output_count
 from tests.engine_oracle import op_definition
 from tests.oracle import assert_close
@@ -69,16 +70,7 @@ def check_op(
 
 def node_names(fn: Callable[[], Tensor]) -> set[str]:
     """The names of every node in the graph of ``fn()``."""
-    root = fn()
-    names, seen, stack = set(), set(), [root.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.add(node.name())
-        stack.extend(child for child, _ in node.next_functions)
-    return names
+    return operation_names(fn())
 
 
 def check_graph(

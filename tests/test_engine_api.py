@@ -378,3 +378,14 @@ def test_no_hidden_state_on_users_tensors_and_a_graph_built_whole():
     for p in model.parameters():
         assert set(vars(p)) <= {"hesscale", "hesscale_gn"}, vars(p)
         assert not vars(p.hesscale) and not vars(p.hesscale_gn)
+
+
+def test_operation_names_lists_every_node_of_the_graph():
+    from hesscale.engine.graph import operation_names
+
+    layer = torch.nn.Linear(3, 2)
+    out = torch.tanh(layer(torch.randn(4, 3))).sum()
+    assert operation_names(out) == {
+        "SumBackward0", "TanhBackward0", "AddmmBackward0", "TBackward0",
+        "torch::autograd::AccumulateGrad",
+    }  # fmt: skip

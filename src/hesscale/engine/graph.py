@@ -189,6 +189,20 @@ register_unsupported(
 )
 
 
+def operation_names(tensor: Tensor) -> set[str]:
+    """The names of every autograd node in the graph that produced ``tensor`` (e.g. to compare
+    with ``hesscale.supported_operations()``, or to see what a device or autocast records)."""
+    names, seen, stack = set(), set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(node.name())
+        stack.extend(child for child, _ in node.next_functions)
+    return names
+
+
 # HesScaleGN: where the network ends --------------------------------------------------------
 
 RECOGNIZED_LOSSES = (
