@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from hesscale.experiments.cost.models import Problem
+from hesscale.hook_warning import hook_warning_hidden
 
 REFERENCE = "forward+backward"
 
@@ -66,7 +67,7 @@ def _backpack_step(make_extensions: Callable[[], list]) -> Callable[[Problem], S
         def run() -> None:
             model.zero_grad(set_to_none=True)
             loss = loss_fn(model(problem.x), problem.y)
-            with backpack(*extensions):
+            with backpack(*extensions), hook_warning_hidden():  # (first layer: noise)
                 loss.backward()
 
         return Step(run, model)
