@@ -17,8 +17,9 @@ diagonal stays >= 0 in floating point, where (1 - 2 p_i) D_i + p_i^2 sum_k D_k c
 
 1 - p_i is taken from ``complement``, never as 1 - p_i for a confident class (p_i near 1, where
 it cancels: float32 gives 0 for a logit gap of 17, where p_i (1 - p_i) is 4e-8), and
-g_i - s as (g_i - g_m) - sum_k p_k (g_k - g_m), m the most probable class (the same number, as
-the p_k sum to 1, without the cancellation of g_m - s when p_m is near 1).
+g_i - s as (g_i - g_m) - sum_k p_k (g_k - g_m), m the class with p_m > 1/2 (the same number, as
+the p_k sum to 1, without the cancellation of g_m - s when p_m is near 1; groups without such
+a class are not shifted: no p is near 1 there).
 """
 
 from __future__ import annotations
@@ -29,19 +30,25 @@ from torch import Tensor
 from hesscale.rules.precision import promote
 
 
-def complement(probs: Tensor, dim: int | tuple[int, ...]) -> Tensor:
+def complement(probs: Tensor, dim: int | tuple[int, ...], dominant: Tensor | None = None) -> Tensor:
     """1 - p_i for probabilities ``probs`` that sum to 1 along ``dim``, without cancellation:
     for the (at most one) entry above 1/2 of each group, the sum of the group's other entries
-    (each exact to its own precision); for the others 1 - p_i itself (at least 1/2, exact)."""
-    dominant = probs > 0.5
+    (each exact to its own precision); for the others 1 - p_i itself (at least 1/2, exact).
+    ``dominant``: ``probs > 0.5``, where the caller has it already."""
+    dominant = probs > 0.5 if dominant is None else dominant
     others = probs.masked_fill(dominant, 0).sum(dim, keepdim=True)
     return torch.where(dominant, others, 1 - probs)
 
 
-def centred_gradient(probs: Tensor, g_out: Tensor, dim: int) -> Tensor:
-    """g_i - sum_k p_k g_k, computed as (g_i - g_m) - sum_k p_k (g_k - g_m) with m the most
-    probable entry of each group (equal, as the p_k sum to 1; accurate where p_m is near 1)."""
-    reference = g_out.gather(dim, probs.argmax(dim, keepdim=True))
+def centred_gradient(
+    probs: Tensor, g_out: Tensor, dim: int, dominant: Tensor | None = None
+) -> Tensor:
+    """g_i - sum_k p_k g_k, computed as (g_i - g_m) - sum_k p_k (g_k - g_m) with m the entry
+    above 1/2 of each group (equal, as the p_k sum to 1; accurate where p_m is near 1); groups
+    without one are not shifted (no p_k is near 1 there, so nothing cancels beyond rounding).
+    ``dominant``: ``probs > 0.5``, where the caller has it already."""
+    dominant = probs > 0.5 if dominant is None else dominant
+    reference = torch.where(dominant, g_out, 0).sum(dim, keepdim=True)  # g_m, or 0
     shifted = g_out - reference
     return shifted.sub_((probs * shifted).sum(dim, keepdim=True))
 
@@ -53,16 +60,17 @@ def softmax_input(
     ``g_out`` may be None (zero)."""
     probs, h_out, g_out = promote(probs, h_out, g_out)
     h_in = None
+    dominant = probs > 0.5
     # in place where a fresh tensor is free to overwrite: fewer large allocations
     if h_out is not None:
         p2 = probs.square()
         weighted = p2 * h_out
         total = weighted.sum(dim, keepdim=True)
         others = weighted.neg_().add_(total)  # sum_k p_k^2 h_k - p_i^2 h_i
-        h_in = complement(probs, dim).square_().mul_(h_out).add_(others).mul_(p2)
+        h_in = complement(probs, dim, dominant).square_().mul_(h_out).add_(others).mul_(p2)
     if g_out is not None:
         factor = probs.mul(-2).add_(1).mul_(probs)  # p (1 - 2p)
-        curvature = centred_gradient(probs, g_out, dim).mul_(factor)
+        curvature = centred_gradient(probs, g_out, dim, dominant).mul_(factor)
         h_in = curvature if h_in is None else h_in.add_(curvature)
     return h_in
 
