@@ -146,18 +146,31 @@ def gelu_derivatives(x: Tensor, approximate: str = "none") -> Derivatives:
         second = sech2 * du + 0.5 * x * sech2 * (d2u - 2 * t * du.square())
         return first, second
     _check_gelu(approximate)
-    half_square = x.square().mul_(-0.5)  # -x^2 / 2
-    pdf = half_square.exp().mul_(1 / math.sqrt(2 * math.pi))  # subnormal only for |x| > 13
+    pdf = _normal_pdf(x)
     first = torch.erf(x * (1 / math.sqrt(2.0))).add_(1).mul_(0.5).addcmul_(x, pdf)  # Phi + x phi
-    return first, pdf.mul_(half_square.mul_(2).add_(2))  # phi (2 - x^2)
+    return first, gelu_second_derivative(x)
+
+
+def gelu_second_derivative(x: Tensor, approximate: str = "none") -> Tensor:
+    """sigma'' of GELU: phi (2 - x^2) (approximate='tanh': ``gelu_derivatives``'s formula);
+    ``x`` already in its working dtype."""
+    if approximate == "tanh":
+        return gelu_derivatives(x, approximate)[1]
+    _check_gelu(approximate)
+    return _normal_pdf(x).mul_(x.square().neg_().add_(2))
+
+
+def _normal_pdf(x: Tensor) -> Tensor:
+    """phi(x) = exp(-x^2 / 2) / sqrt(2 pi) (subnormal only for |x| > 13)."""
+    return x.square().mul_(-0.5).exp_().mul_(1 / math.sqrt(2 * math.pi))
 
 
 def gelu_input(h_out: Tensor | None, g_out: Tensor | None, x: Tensor, approximate: str) -> Tensor:
     """h_x = sigma'(x)^2 h_z + sigma''(x) g_z for GELU (either may be None: zero, not both).
 
     sigma' comes from ATen's fused GELU backward kernel (its product with a tensor of ones),
-    one pass where forming Phi + x phi from erf and exp takes five; sigma'' is
-    ``gelu_derivatives``'s (for 'none', phi (2 - x^2) alone)."""
+    one pass where forming Phi + x phi from erf and exp takes five; sigma'' from
+    ``gelu_second_derivative``."""
     h_out, g_out, x = promote(h_out, g_out, upcast(x))
     h_in = None
     if h_out is not None:
@@ -165,13 +178,7 @@ def gelu_input(h_out: Tensor | None, g_out: Tensor | None, x: Tensor, approximat
         h_in = first.square_().mul_(h_out)
     if g_out is None:
         return h_in
-    if approximate == "tanh":
-        second = gelu_derivatives(x, approximate)[1]
-    else:
-        _check_gelu(approximate)
-        half_square = x.square().mul_(-0.5)  # -x^2 / 2
-        second = half_square.exp().mul_(1 / math.sqrt(2 * math.pi))  # phi
-        second.mul_(half_square.mul_(2).add_(2))  # phi (2 - x^2)
+    second = gelu_second_derivative(x, approximate)
     return second.mul_(g_out) if h_in is None else h_in.addcmul_(second, g_out)
 
 
