@@ -48,7 +48,7 @@ def main() -> None:
         "--optimizer", choices=["adahesscale", "adahesscalegn"], default="adahesscalegn"
     )
     parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--variant", default="default")
+    parser.add_argument("--variant", choices=["floored", "clipped", "paper"], default="floored")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--first", type=int, default=6)

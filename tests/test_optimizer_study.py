@@ -129,3 +129,16 @@ def test_report_picks_best_step_sizes_marks_divergence_and_draws(tmp_path):
     runs = optimizer_report.collect(root)
     finals = [optimizer_report.final_loss(g) for g in runs["adamw"][1e-3]]
     assert all(2 < f < 8 for f in finals)  # bits per character of an untrained model
+
+
+def test_optimizer_diagnosis_runs_with_its_defaults(monkeypatch, capsys):
+    """benchmarks/optimizer_diagnosis.py with its default variant (it once defaulted to a
+    variant name the optimizers no longer accept), for two steps."""
+    import sys
+
+    from benchmarks import optimizer_diagnosis
+
+    monkeypatch.setattr(sys, "argv", ["optimizer_diagnosis", "--steps", "2", "--first", "2"])
+    optimizer_diagnosis.main()
+    out = capsys.readouterr().out
+    assert "step 2: loss" in out and "token embedding (tied)" in out
