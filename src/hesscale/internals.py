@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor  # (imported by torch itself)
 
 Node = torch.autograd.graph.Node
 
@@ -263,8 +264,6 @@ def is_concrete_cpu(t: Tensor) -> bool:
     """Whether ``t`` holds real values on the CPU, outside any tracing (no fake tensor, no
     ``TorchDispatchMode`` such as ``make_fx``'s active), so that reading a value from it
     (``.item()``) costs no device synchronisation and bakes nothing into a traced graph."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
     return (
         t.device.type == "cpu"
         and not isinstance(t, FakeTensor)

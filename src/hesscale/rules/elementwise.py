@@ -148,16 +148,19 @@ def gelu_derivatives(x: Tensor, approximate: str = "none") -> Derivatives:
     _check_gelu(approximate)
     pdf = _normal_pdf(x)
     first = torch.erf(x * (1 / math.sqrt(2.0))).add_(1).mul_(0.5).addcmul_(x, pdf)  # Phi + x phi
-    return first, gelu_second_derivative(x)
+    return first, gelu_second_derivative(x, pdf=pdf)
 
 
-def gelu_second_derivative(x: Tensor, approximate: str = "none") -> Tensor:
+def gelu_second_derivative(
+    x: Tensor, approximate: str = "none", pdf: Tensor | None = None
+) -> Tensor:
     """sigma'' of GELU: phi (2 - x^2) (approximate='tanh': ``gelu_derivatives``'s formula);
-    ``x`` already in its working dtype."""
+    ``x`` already in its working dtype; ``pdf``: phi(x) where the caller has it (overwritten)."""
     if approximate == "tanh":
         return gelu_derivatives(x, approximate)[1]
     _check_gelu(approximate)
-    return _normal_pdf(x).mul_(x.square().neg_().add_(2))
+    pdf = _normal_pdf(x) if pdf is None else pdf
+    return pdf.mul_(x.square().neg_().add_(2))
 
 
 def _normal_pdf(x: Tensor) -> Tensor:
