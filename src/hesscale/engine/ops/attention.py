@@ -72,7 +72,9 @@ def scaled_dot_product_attention(call: NodeCall, lse_name: str, mask_name: str |
     # rules.precision's policy: the operands' common dtype, float16 as float32 (half-precision
     # kernels keep their log-sum-exp in float32, so those compute in float32)
     dtype = working_dtype(query.dtype, logsumexp.dtype, *(t.dtype for t in (h, g) if t is not None))
-    query, key, value, logsumexp = (t.to(dtype) for t in (query, key, value, logsumexp))
+    # contiguous once: the rules' batched products view them as (batch * heads, length, dim)
+    query, key, value = (t.to(dtype).contiguous() for t in (query, key, value))
+    logsumexp = logsumexp.to(dtype)
     heads, length = query.shape[-3], query.shape[-2]
     if logsumexp.dim() == query.dim():  # cuDNN keeps a trailing 1
         logsumexp = logsumexp.squeeze(-1)
