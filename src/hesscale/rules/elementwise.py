@@ -146,34 +146,30 @@ def gelu_derivatives(x: Tensor, approximate: str = "none") -> Derivatives:
         second = sech2 * du + 0.5 * x * sech2 * (d2u - 2 * t * du.square())
         return first, second
     _check_gelu(approximate)
-    pdf = _normal_pdf(x)
-    first = torch.erf(x * (1 / math.sqrt(2.0))).add_(1).mul_(0.5).addcmul_(x, pdf)  # Phi + x phi
-    return first, gelu_second_derivative(x, pdf=pdf)
+    x2 = x.square()
+    scaled_pdf = x2.mul(-0.5).exp_()  # sqrt(2 pi) phi(x), subnormal only for |x| > 13
+    first = torch.erf(x * (1 / math.sqrt(2.0))).add_(1).mul_(0.5)
+    first.addcmul_(x, scaled_pdf, value=INVERSE_SQRT_TWO_PI)  # Phi + x phi
+    return first, _scaled_gelu_second(x2, scaled_pdf).mul_(INVERSE_SQRT_TWO_PI)
 
 
-def gelu_second_derivative(
-    x: Tensor, approximate: str = "none", pdf: Tensor | None = None
-) -> Tensor:
-    """sigma'' of GELU: phi (2 - x^2) (approximate='tanh': ``gelu_derivatives``'s formula);
-    ``x`` already in its working dtype; ``pdf``: phi(x) where the caller has it (overwritten)."""
-    if approximate == "tanh":
-        return gelu_derivatives(x, approximate)[1]
-    _check_gelu(approximate)
-    pdf = _normal_pdf(x) if pdf is None else pdf
-    return pdf.mul_(x.square().neg_().add_(2))
+INVERSE_SQRT_TWO_PI = 1 / math.sqrt(2 * math.pi)
 
 
-def _normal_pdf(x: Tensor) -> Tensor:
-    """phi(x) = exp(-x^2 / 2) / sqrt(2 pi) (subnormal only for |x| > 13)."""
-    return x.square().mul_(-0.5).exp_().mul_(1 / math.sqrt(2 * math.pi))
+def _scaled_gelu_second(x2: Tensor, scaled_pdf: Tensor | None = None) -> Tensor:
+    """sqrt(2 pi) sigma'' = exp(-x^2 / 2) (2 - x^2) of GELU, from x^2; ``scaled_pdf``:
+    exp(-x^2 / 2) where the caller has it (overwritten)."""
+    scaled_pdf = x2.mul(-0.5).exp_() if scaled_pdf is None else scaled_pdf
+    return scaled_pdf.mul_(torch.rsub(x2, 2))
 
 
 def gelu_input(h_out: Tensor | None, g_out: Tensor | None, x: Tensor, approximate: str) -> Tensor:
     """h_x = sigma'(x)^2 h_z + sigma''(x) g_z for GELU (either may be None: zero, not both).
 
     sigma' comes from ATen's fused GELU backward kernel (its product with a tensor of ones),
-    one pass where forming Phi + x phi from erf and exp takes five; sigma'' from
-    ``gelu_second_derivative``."""
+    one pass where forming Phi + x phi from erf and exp takes five; sigma'' = phi (2 - x^2)
+    (approximate='tanh': ``gelu_derivatives``), with the constant of phi folded into the last
+    product."""
     h_out, g_out, x = promote(h_out, g_out, upcast(x))
     h_in = None
     if h_out is not None:
@@ -181,8 +177,14 @@ def gelu_input(h_out: Tensor | None, g_out: Tensor | None, x: Tensor, approximat
         h_in = first.square_().mul_(h_out)
     if g_out is None:
         return h_in
-    second = gelu_second_derivative(x, approximate)
-    return second.mul_(g_out) if h_in is None else h_in.addcmul_(second, g_out)
+    if approximate == "tanh":
+        second, constant = gelu_derivatives(x, approximate)[1], 1.0
+    else:
+        _check_gelu(approximate)
+        second, constant = _scaled_gelu_second(x.square()), INVERSE_SQRT_TWO_PI
+    if h_in is None:
+        return second.mul_(g_out).mul_(constant)
+    return h_in.addcmul_(second, g_out, value=constant)
 
 
 def _check_gelu(approximate: str) -> None:
