@@ -98,49 +98,57 @@ def standardization_input(
         sum_k g_k d^2 y_k / dx_i^2 = -(r^2 / n) [2 y_i (g_i - G_0 / n)
                                                  + G_1 (1 - (1 + 3 y_i^2) / n)].
 
-    Their sum is evaluated as a0 + y (a1 + y (a2 - 2 n k h) - 2 c g) + (n^2 - 2n) k h with
-    k = gain^2 r^2 / n^2, c = gain r^2 / n and the per-group a0 = k S_0 - c (1 - 1/n) G_1,
-    a1 = 2 k S_1 + 2 c G_0 / n, a2 = k S_2 + 3 c G_1 / n. Either of h_out, g_out may be None
-    (zero).
+    With h' = gain^2 h and g' = gain g, their sum is
+    (r^2 / n^2) [a0 + y (a1 + y (a2 - 2n h') - 2n g') + (n^2 - 2n) h'], where the per-group
+    a0 = S_0' - (n - 1) G_1', a1 = 2 (S_1' + G_0'), a2 = S_2' + 3 G_1' (the sums of h', g'),
+    evaluated in that order (few passes, and one new full-size tensor besides the products h y
+    and g y: on the CPU every fresh large allocation costs page faults). Either of h_out, g_out
+    may be None (zero).
     """
     if h_out is None and g_out is None:
         return Standardization(None, None, None)
     n = 1
     for d in dims:
         n *= y.shape[d]
-    r2 = invstd.square()
-    a0 = a1 = a2 = 0.0
-    s0 = s2 = None
-    # few passes and one new full-size tensor (``result``) besides a product: on the CPU every
-    # fresh large allocation costs page faults
+    gain2 = None if gain is None else gain.square()
+    a0 = a1 = a2 = s0 = s2 = None
     if h_out is not None:
-        k = r2 / (n * n) if gain is None else r2 * gain.square() / (n * n)
         result = h_out * y
-        a1 = result.sum(dims, keepdim=True) * (2 * k)
+        s1 = result.sum(dims, keepdim=True)
         s2 = result.mul_(y).sum(dims, keepdim=True)
         s0 = h_out.sum(dims, keepdim=True)
-        a0, a2 = k * s0, k * s2
+        a0, a1, a2 = (s0, s1 * 2, s2) if gain2 is None else (s0 * gain2, s1 * 2 * gain2, s2 * gain2)
     if g_out is not None:
-        c = r2 / n if gain is None else r2 * gain / n
         gy = g_out * y
-        g1 = gy.sum(dims, keepdim=True)
-        g0 = g_out.sum(dims, keepdim=True)
-        a0 = a0 - c * g1 * (1 - 1 / n)
-        a1 = a1 + c * g0 * (2 / n)
-        a2 = a2 + c * g1 * (3 / n)
+        g1, g0 = gy.sum(dims, keepdim=True), g_out.sum(dims, keepdim=True)
+        if gain is not None:
+            g1, g0 = g1 * gain, g0 * gain
+        a0, a1, a2 = _plus(a0, g1, 1 - n), _plus(a1, g0, 2), _plus(a2, g1, 3)
         if h_out is None:
             result = gy
     if h_out is not None:
-        torch.mul(h_out, k * (-2 * n), out=result).add_(a2)
+        _add_scaled(a2, h_out, gain2, -2 * n, out=result)  # a2 - 2n h'
     else:
-        result.zero_().add_(a2)
+        result.copy_(a2)
     result.mul_(y).add_(a1)
     if g_out is not None:
-        result.addcmul_(g_out, c, value=-2)
+        _add_scaled(result, g_out, gain, -2 * n, out=result)
     result.mul_(y).add_(a0)
     if h_out is not None:
-        result.addcmul_(h_out, k, value=n * n - 2 * n)
-    return Standardization(result, s2, s0)
+        _add_scaled(result, h_out, gain2, n * n - 2 * n, out=result)
+    return Standardization(result.mul_(invstd.div(n).square_()), s2, s0)
+
+
+def _plus(total: Tensor | None, t: Tensor, c: float) -> Tensor:
+    """total + c t (total None: c t)."""
+    return t * c if total is None else torch.add(total, t, alpha=c)
+
+
+def _add_scaled(base: Tensor, t: Tensor, factor: Tensor | None, c: float, out: Tensor) -> Tensor:
+    """base + c * factor * t into ``out`` (factor None: 1)."""
+    if factor is None:
+        return torch.add(base, t, alpha=c, out=out)
+    return torch.addcmul(base, t, factor, value=c, out=out)
 
 
 def affine_weight(h_out: Tensor, y: Tensor, dims: tuple[int, ...]) -> Tensor:
