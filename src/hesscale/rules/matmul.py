@@ -109,13 +109,21 @@ def matmul_right(h_out: Tensor, left: Tensor, transposed: bool = False) -> Tenso
     if h_out.dim() == 1:  # a vector z = a @ b with b a vector (matrix-vector product)
         size = left.shape[-1]
     else:
-        batch = math.prod(torch.broadcast_shapes(h_out.shape[:-2], left.shape[:-2]))
+        batch = math.prod(_broadcast(h_out.shape[:-2], left.shape[:-2]))
         size = batch * left.shape[-1] * h_out.shape[-1]
     if transposed:
         return product_of_squares(
             left, -2, size, lambda sq: h_out.mT @ sq, lambda p, c2: p.mul_(c2)
         ).mT
     return product_of_squares(left, -2, size, lambda sq: sq.mT @ h_out, lambda p, c2: p.mul_(c2.mT))
+
+
+def _broadcast(first: torch.Size, second: torch.Size) -> torch.Size:
+    """The broadcast of two batch shapes (torch.broadcast_shapes, which runs in Python, only
+    where they differ and neither is empty)."""
+    if first == second or not second:
+        return first
+    return second if not first else torch.broadcast_shapes(first, second)
 
 
 def matrix_vector_matrix(h_out: Tensor, vector: Tensor) -> Tensor:
