@@ -75,12 +75,13 @@ def softmax_input(
         p2 = probs.square()
         weighted = p2 * h_out
         total = weighted.sum(dim, keepdim=True)
-        others = weighted.neg_().add_(total)  # sum_k p_k^2 h_k - p_i^2 h_i
-        h_in = complement(probs, dim, dominant).square_().mul_(h_out).add_(others).mul_(p2)
+        others = torch.sub(total, weighted, out=weighted)  # sum_k p_k^2 h_k - p_i^2 h_i
+        not_probs2 = complement(probs, dim, dominant).square_()
+        h_in = others.addcmul_(not_probs2, h_out).mul_(p2)
     if g_out is not None:
         factor = torch.rsub(probs, 1, alpha=2).mul_(probs)  # p (1 - 2p)
-        curvature = centred_gradient(probs, g_out, dim, dominant).mul_(factor)
-        h_in = curvature if h_in is None else h_in.add_(curvature)
+        centred = centred_gradient(probs, g_out, dim, dominant)
+        h_in = centred.mul_(factor) if h_in is None else h_in.addcmul_(centred, factor)
     return h_in
 
 
