@@ -46,7 +46,8 @@ def complement(probs: Tensor, dim: int | tuple[int, ...], dominant: Tensor | Non
     may pass): each product is exact and one of the two terms is exactly 0."""
     d = dominant_mask(probs) if dominant is None else dominant
     others = torch.addcmul(probs, probs, d, value=-1).sum(dim, keepdim=True)
-    return torch.rsub(probs, 1).mul_(torch.rsub(d, 1)).addcmul_(others, d)
+    not_probs = torch.rsub(probs, 1)
+    return not_probs.addcmul_(not_probs, d, value=-1).addcmul_(others, d)  # (1 - p)(1 - d) + ...
 
 
 def centred_gradient(
@@ -66,23 +67,26 @@ def softmax_input(
     probs: Tensor, h_out: Tensor | None, g_out: Tensor | None, dim: int
 ) -> Tensor | None:
     """Diagonal w.r.t. the input of softmax; ``probs`` is the softmax output. ``h_out`` or
-    ``g_out`` may be None (zero)."""
+    ``g_out`` may be None (zero). (Each term in its own function, so that its temporaries are
+    freed before the next: attention's probabilities are large.)"""
     probs, h_out, g_out = promote(probs, h_out, g_out)
-    h_in = None
     dominant = dominant_mask(probs)
-    # in place where a fresh tensor is free to overwrite: fewer large allocations
-    if h_out is not None:
-        p2 = probs.square()
-        weighted = p2 * h_out
-        total = weighted.sum(dim, keepdim=True)
-        others = torch.sub(total, weighted, out=weighted)  # sum_k p_k^2 h_k - p_i^2 h_i
-        not_probs2 = complement(probs, dim, dominant).square_()
-        h_in = others.addcmul_(not_probs2, h_out).mul_(p2)
+    h_in = None if h_out is None else _softmax_gauss_newton(probs, h_out, dim, dominant)
     if g_out is not None:
-        factor = torch.rsub(probs, 1, alpha=2).mul_(probs)  # p (1 - 2p)
         centred = centred_gradient(probs, g_out, dim, dominant)
+        factor = torch.rsub(probs, 1, alpha=2).mul_(probs)  # p (1 - 2p)
         h_in = centred.mul_(factor) if h_in is None else h_in.addcmul_(centred, factor)
     return h_in
+
+
+def _softmax_gauss_newton(probs: Tensor, h_out: Tensor, dim: int, dominant: Tensor) -> Tensor:
+    """p_i^2 [(1 - p_i)^2 h_i + sum_{k != i} p_k^2 h_k], in place where a fresh tensor is free
+    to overwrite (fewer large allocations)."""
+    p2 = probs.square()
+    weighted = p2 * h_out
+    total = weighted.sum(dim, keepdim=True)
+    others = torch.sub(total, weighted, out=weighted)  # sum_k p_k^2 h_k - p_i^2 h_i
+    return others.addcmul_(complement(probs, dim, dominant).square_(), h_out).mul_(p2)
 
 
 def log_softmax_input(
