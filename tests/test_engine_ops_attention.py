@@ -239,3 +239,31 @@ def test_math_path_matches_oracle(case):
     names = node_names(lambda: loss_fn(leaves_, target)[0])
     assert "SafeSoftmaxBackward0" in names and FUSED_CPU not in names
     check_graph(loss_fn, params, target, name_output=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "causal"])
+def test_masked_keys_with_huge_scores_get_probability_exactly_zero(dtype, mask_kind):
+    """The rebuilt probabilities, where a masked key's score s q.k - lse is far above 0 (lse
+    counts only the keys a query sees): exactly 0 there, finite everywhere, the softmax over
+    the allowed keys elsewhere (float64 reference)."""
+    from hesscale.rules.attention import attention_probabilities
+
+    q, k = r(1, 2, 3, 4), r(1, 2, 3, 4)
+    k[..., 2, :] = 50 * q[..., 0, :]  # key 2: a huge score for query 0, which may not see it
+    allowed = torch.ones(3, 3, dtype=torch.bool).tril()
+    scores = (q @ k.transpose(-2, -1)) * 0.5
+    masked = scores.masked_fill(~allowed, -math.inf)
+    expected = torch.softmax(masked, -1)
+    options = {
+        "bool": {"mask": allowed},
+        "float": {"mask": torch.zeros(3, 3, dtype=dtype).masked_fill(~allowed, -math.inf)},
+        "causal": {"is_causal": True},
+    }[mask_kind]
+    probs = attention_probabilities(
+        q.to(dtype), k.to(dtype), torch.logsumexp(masked, -1).to(dtype), 0.5, **options
+    )
+    assert torch.isfinite(probs).all()
+    assert (probs[..., ~allowed] == 0).all()
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(probs.double(), expected, rtol=tolerance, atol=tolerance)
