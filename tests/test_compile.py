@@ -292,3 +292,44 @@ def test_compiled_module_type_and_nested_tracing():
     with inline_compiled_code():
         graph, constants = trace_aten(lambda x: compiled(x), torch.ones(1, 2))
     assert len(constants) == 2  # weight and bias, read as tensors from outside
+
+
+def test_inductor_has_the_step_option_hesscale_compile_sets():
+    # guards internals.inductor_step_options: a torch without the option is noticed here
+    import torch._inductor.config as inductor_config
+
+    from hesscale.internals import inductor_step_options
+
+    assert inductor_step_options() == {"reorder_for_locality": False}
+    assert inductor_config.reorder_for_locality is True  # Inductor's own default
+
+
+def test_step_options_are_defaults_beneath_the_users():
+    from hesscale.engine.compiled import _with_step_options
+
+    step = {"reorder_for_locality": False}
+    assert _with_step_options("inductor", {}) == {"options": step}
+    assert _with_step_options("inductor", {"options": {"max_autotune": True}}) == {
+        "options": {**step, "max_autotune": True}
+    }
+    mine = {"options": {"reorder_for_locality": True}}
+    assert _with_step_options("inductor", mine) == mine
+    assert _with_step_options("inductor", {"mode": "max-autotune"}) == {"mode": "max-autotune"}
+    assert _with_step_options("eager", {}) == {}
+
+
+def test_compile_hands_the_step_options_to_torch_compile(monkeypatch):
+    import hesscale.engine.compiled as compiled
+
+    seen = {}
+
+    def fake_compile(graph, **kwargs):
+        seen.update(kwargs)
+        return graph
+
+    monkeypatch.setattr(compiled.torch, "compile", fake_compile)
+    model = nn.Linear(3, 2)
+    step = hesscale.compile(lambda x, y: F.cross_entropy(model(x), y))
+    step(torch.randn(4, 3), torch.tensor([0, 1, 1, 0]))
+    assert seen["backend"] == "inductor"
+    assert seen["options"] == {"reorder_for_locality": False}

@@ -33,6 +33,7 @@ from hesscale.engine.backward import DiagonalBackward, store_diagonal, variants_
 from hesscale.errors import HesScaleError
 from hesscale.internals import (
     compiled_module_types,
+    inductor_step_options,
     inline_compiled_code,
     reparametrized,
     trace_aten,
@@ -68,7 +69,9 @@ def compile(  # noqa: A001  (hesscale.compile, as torch.compile)
         modules: the modules whose parameters and buffers ``fn`` uses; by default those ``fn``
             refers to (closure, globals, defaults, ``self`` of a method).
         backend: passed to ``torch.compile`` for the traced graph.
-        compile_options: passed to ``torch.compile`` for the traced graph.
+        compile_options: passed to ``torch.compile`` for the traced graph. With Inductor,
+            ``options`` defaults to ``{"reorder_for_locality": False}`` (see
+            ``hesscale.internals.inductor_step_options``); options you give take precedence.
 
     Returns:
         A callable: ``step(*args)`` returns the loss and fills ``p.grad`` and the diagonals.
@@ -160,8 +163,9 @@ class CompiledStep:
         inputs = [*params, *(b.detach() for b in state.buffers), *flat_args]
         with inline_compiled_code():  # a torch.compile'd model inside fn: trace its code
             graph, constants = trace_aten(step, *inputs)
+        options = _with_step_options(self.backend, self.compile_options)
         compiled = torch.compile(
-            graph, backend=self.backend, fullgraph=True, dynamic=False, **self.compile_options
+            graph, backend=self.backend, fullgraph=True, dynamic=False, **options
         )
         return _Traced(compiled, constants, sum(trainable_mask), len(variants))
 
@@ -230,6 +234,16 @@ class _State:
             (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in ("cpu", "cuda")
         )
         return tensors, modes, autocast, torch.is_grad_enabled()
+
+
+def _with_step_options(backend: str, compile_options: dict[str, Any]) -> dict[str, Any]:
+    """The user's arguments for torch.compile, with Inductor's options for a traced step
+    (internals.inductor_step_options) as defaults beneath the user's ``options``; unchanged for
+    another backend or with ``mode`` (which torch.compile does not take beside ``options``)."""
+    defaults = inductor_step_options() if backend == "inductor" else {}
+    if not defaults or "mode" in compile_options:
+        return compile_options
+    return {**compile_options, "options": {**defaults, **(compile_options.get("options") or {})}}
 
 
 def _describe(value: Any, i: int) -> tuple:
