@@ -60,7 +60,7 @@ class StandIn:
     """A node of ``node_name`` as the engine sees it: ``name()`` and ``_saved_<name>`` for
     exactly the attributes the rule may read (those of internals.GPU_NODE_SAVED)."""
 
-    def __init__(self, node_name: str, **saved) -> None:
+    def __init__(self, node_name: str, /, **saved) -> None:  # (a node may save 'self')
         unknown = set(saved) - set(GPU_NODE_SAVED[node_name])
         assert not unknown, f"not saved by {node_name}: {unknown}"
         self._name = node_name
@@ -292,6 +292,9 @@ COVERED_ELSEWHERE = {
     "CudnnBatchNormBackward0": "test_engine_ops_gpu.py::test_gpu_batch_norm_matches_definition",
     "MiopenBatchNormBackward0": "test_engine_ops_gpu.py::test_gpu_batch_norm_matches_definition",
     "CudnnRnnBackward0": "test_engine_ops_gpu.py::test_cudnn_rnn_matches_definition",
+    "CudnnGridSamplerBackward0": (
+        "test_engine_ops_gpu.py::test_cudnn_grid_sampler_matches_definition"
+    ),
 }
 
 
@@ -350,3 +353,25 @@ def test_decomposed_rule_runs_inside_the_backward_pass(gn):
             assert_close(fused_result, plain)
     finally:
         RULES.pop(name, None)
+
+
+# --- grid sampling: cuDNN ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("second_order", [True, False], ids=["hesscale", "gn"])
+def test_cudnn_grid_sampler_matches_definition(second_order):
+    """cuDNN samples bilinearly with padding 'zeros' and align_corners=True only."""
+    from tests.engine_oracle import op_definition
+    from tests.test_engine_ops_sampling import grid_points, reference_grid_sample
+
+    x, grid = r(2, 2, 3, 4, seed=0), grid_points(2, 3, 2, 2, seed=1)
+    node = StandIn("CudnnGridSamplerBackward0", self=x, grid=grid)
+    h, g = r(2, 2, 3, 2, seed=2).abs(), r(2, 2, 3, 2, seed=3)
+    got = run_rule(node, [x, grid], [True, True], [h], [g], second_order)
+
+    def definition(x, grid):
+        return reference_grid_sample(x, grid, "bilinear", "zeros", True)
+
+    for i in range(2):
+        want = op_definition(definition, [x, grid], i, [h], [g] if second_order else None)
+        assert_close(got[i], want)

@@ -364,21 +364,9 @@ def test_a_bilinear_layer_and_interpolation_in_a_network():
     check_graph(loss_fn, params, a, b, name_output=True)
 
 
-@pytest.mark.parametrize(
-    "fn, reason",
-    [
-        (lambda x: F.grid_sample(x, torch.zeros(1, 2, 2, 2), align_corners=False), "grid_sample"),
-        (
-            lambda x: F.ctc_loss(
-                x.log_softmax(2), torch.tensor([[1, 2]]), [x.shape[0]], [2]
-            ).reshape(1, 1, 1, 1),
-            "ctc_loss",
-        ),
-    ],
-)
-def test_operations_without_a_rule_are_refused_with_the_reason(fn, reason):
-    x = torch.randn(5, 1, 3, 2)[..., 0] if reason == "ctc_loss" else torch.randn(1, 1, 3, 4)
-    x.requires_grad_()
-    with pytest.raises(HesScaleError, match=f"{reason} has no rule"):
-        hesscale.backward(fn(x).sum())
+def test_an_operation_without_a_rule_is_refused_with_the_reason():
+    x = torch.randn(5, 1, 3, requires_grad=True)
+    loss = F.ctc_loss(x.log_softmax(2), torch.tensor([[1, 2]]), [x.shape[0]], [2])
+    with pytest.raises(HesScaleError, match="ctc_loss has no rule"):
+        hesscale.backward(loss)
     assert x.grad is None

@@ -245,6 +245,7 @@ GPU_NODE_SAVED = {
         "num_layers", "batch_first", "dropout", "train", "bidirectional", "batch_sizes",
         "result0",
     ),
+    "CudnnGridSamplerBackward0": ("self", "grid"),
     "ScaledDotProductFlashAttentionBackward0": (
         "query", "key", "value", "logsumexp", "scale", "is_causal", "dropout_p",
     ),

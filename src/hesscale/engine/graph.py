@@ -168,17 +168,6 @@ register_unsupported(
 
 # Operations left without a rule on purpose, and why (docs/supported.md lists them).
 register_unsupported(
-    "GridSampler2DBackward0",
-    "GridSampler3DBackward0",
-    "CudnnGridSamplerBackward0",
-    advice=(
-        "F.grid_sample has no rule: its diagonal w.r.t. the input needs the squared bilinear "
-        "weights scattered back (a kernel of its own, not yet written) and w.r.t. the grid the "
-        "derivatives of the interpolation. Use F.interpolate (which has rules) where the grid "
-        "is regular, or detach the grid and sample by index."
-    ),
-)
-register_unsupported(
     "CtcLossBackward0",
     advice=(
         "F.ctc_loss has no rule: its exact curvature needs a second forward-backward pass over "

@@ -18,6 +18,7 @@ from hesscale.engine.ops import (  # noqa: F401
     pooling,
     recurrent,
     reductions,
+    sampling,
     shape,
 )
 from hesscale.engine.registry import RULES, display_name
