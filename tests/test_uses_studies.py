@@ -75,3 +75,18 @@ def test_laplace_study(tmp_path):
     )
     assert "| residual | HesScaleGGN (hesscale) | marglik |" in out
     assert "| residual | BackPackGGN (exact) | | | fails:" in out
+
+
+def test_structured_pruning_study(tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("torch_pruning")
+    out = run(
+        "structured_pruning_digits.py", "--seeds", "0", "--epochs", "1", "--finetune", "1",
+        "--out", str(tmp_path / "s.json"),
+    )  # fmt: skip
+    assert "| OBD HesScale |" in out and "75% of channels" in out
+    rows = json.loads((tmp_path / "s.json").read_text())
+    assert {r["method"] for r in rows} == {"dense", "random", "magnitude", "Taylor",
+                                           "OBD empirical Fisher", "OBD HesScale"}  # fmt: skip
+    parameters = {r["ratio"]: r["parameters"] for r in rows if r["method"] != "dense"}
+    assert parameters[0.25] > parameters[0.5] > parameters[0.75]
