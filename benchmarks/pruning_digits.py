@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from backpack import backpack, extend
 from backpack.extensions import DiagGGNExact, DiagHessian
-from digits_mlp import digits_splits
+from digits_mlp import accuracy, digits_splits
 from torch import nn
 from torch.nn.utils import prune
 
@@ -72,8 +72,9 @@ def backpack_diagonal(model: nn.Sequential, data, extension) -> list[torch.Tenso
     return totals
 
 
-def empirical_fisher(model: nn.Sequential, data) -> list[torch.Tensor]:
-    """Sum over the examples of the squared per-example gradient."""
+def empirical_fisher(model: nn.Module, data) -> dict[str, torch.Tensor]:
+    """Per parameter name: sum over the examples of the squared per-example gradient of the
+    summed cross-entropy."""
     params = {n: p.detach() for n, p in model.named_parameters()}
 
     def loss_one(p, x, y):
@@ -85,7 +86,7 @@ def empirical_fisher(model: nn.Sequential, data) -> list[torch.Tensor]:
     for x, y in data:
         for n, g in per_example(params, x, y).items():
             totals[n] += g.square().sum(0)
-    return [totals[f"{i}.weight"] for i, m in enumerate(model) if isinstance(m, nn.Linear)]
+    return totals
 
 
 def saliencies(method: str, model: nn.Sequential, data) -> dict:
@@ -95,7 +96,8 @@ def saliencies(method: str, model: nn.Sequential, data) -> dict:
     if method in ("OBD HesScaleGN", "OBD HesScale"):
         return importance_scores(model, params, data, LOSS, gn=method == "OBD HesScaleGN")
     if method == "OBD empirical Fisher":
-        h = empirical_fisher(model, data)
+        fisher = empirical_fisher(model, data)
+        h = [fisher[f"{i}.weight"] for i, m in enumerate(model) if isinstance(m, nn.Linear)]
     elif method == "OBD exact GGN":
         h = backpack_diagonal(model, data, DiagGGNExact)
     else:
@@ -113,11 +115,6 @@ METHODS = (
     "OBD exact GGN",
     "OBD exact Hessian",
 )
-
-
-def accuracy(model, x, y) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(-1) == y).float().mean().item()
 
 
 def run(args) -> list[dict]:
@@ -171,13 +168,18 @@ def table(rows: list[dict]) -> str:
         "|---|" + "---:|" * len(AMOUNTS),
     ]
     for method in METHODS:
-        cells = []
-        for amount in AMOUNTS:
-            accs = [r["acc"] for r in rows if r["method"] == method and r["amount"] == amount]
-            spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            cells.append(f"{statistics.mean(accs):.4f} ± {spread:.4f}")
+        cells = [
+            mean_spread([r["acc"] for r in rows if r["method"] == method and r["amount"] == a])
+            for a in AMOUNTS
+        ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def mean_spread(values: list[float], places: int = 4) -> str:
+    """'mean ± standard deviation' over the seeds (± 0 for one seed)."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{places}f} ± {spread:.{places}f}"
 
 
 def main() -> None:

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 import torch_pruning as tp
-from digits_mlp import digits_splits
+from digits_mlp import accuracy, digits_splits
+from pruning_digits import empirical_fisher, mean_spread
 from torch import nn
 
 from hesscale.integrations.pruning import OBDImportance
@@ -66,30 +67,10 @@ def train(model: nn.Module, x, y, epochs: int, seed: int) -> nn.Module:
     return model
 
 
-def accuracy(model: nn.Module, x, y) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(-1) == y).float().mean().item()
-
-
 def fill_grad_with(model: nn.Module, diagonals: dict[str, torch.Tensor]) -> None:
     """p.grad := the given diagonal (Torch-Pruning's OBD and Taylor read p.grad)."""
     for name, p in model.named_parameters():
         p.grad = diagonals[name].clone()
-
-
-def empirical_fisher(model: nn.Module, data) -> dict[str, torch.Tensor]:
-    """sum_i g_i^2 over the examples, g_i the gradient of example i's loss."""
-    params = {n: p.detach() for n, p in model.named_parameters()}
-
-    def loss_one(p, x, y):
-        return sum_loss(torch.func.functional_call(model, p, (x[None],)), y[None])
-
-    per_example = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0, 0))
-    totals = {n: torch.zeros_like(p) for n, p in params.items()}
-    for x, y in data:
-        for n, g in per_example(params, x, y).items():
-            totals[n] += g.square().sum(0)
-    return totals
 
 
 def importance(method: str, model: nn.Module, data):
@@ -156,16 +137,11 @@ def table(rows: list[dict], finetune: int) -> str:
         for ratio in RATIOS:
             picked = [r for r in rows if r["method"] == method and r["ratio"] == ratio]
             cells.append(
-                f"{_mean_spread([r['acc'] for r in picked])} / "
-                f"{_mean_spread([r['tuned'] for r in picked])}"
+                f"{mean_spread([r['acc'] for r in picked], 3)} / "
+                f"{mean_spread([r['tuned'] for r in picked], 3)}"
             )
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _mean_spread(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
 def main() -> None:
