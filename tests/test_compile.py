@@ -333,3 +333,28 @@ def test_compile_hands_the_step_options_to_torch_compile(monkeypatch):
     step(torch.randn(4, 3), torch.tensor([0, 1, 1, 0]))
     assert seen["backend"] == "inductor"
     assert seen["options"] == {"reorder_for_locality": False}
+
+
+def test_spatial_transformer_traces():
+    """grid_sample's rule (a scatter of squared weights, torch's sampler backward per channel)
+    and affine_grid's run on fake tensors too: the traced step equals eager."""
+
+    class SpatialTransformer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.locator, self.classifier = nn.Linear(12, 6), nn.Linear(12, 3)
+
+        def forward(self, x):
+            theta = self.locator(x.flatten(1)).view(-1, 2, 3)
+            grid = F.affine_grid(theta, [x.shape[0], 1, 3, 4], align_corners=False)
+            warped = F.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
+            return self.classifier(warped.flatten(1))
+
+    torch.manual_seed(0)
+    model = SpatialTransformer()
+    reference = copy.deepcopy(model)
+    x, y = torch.randn(5, 1, 3, 4), torch.randint(0, 3, (5,))
+    step = hesscale.compile(lambda x, y: F.cross_entropy(model(x), y), gn="both", backend="eager")
+    step(x, y)
+    hesscale.backward(F.cross_entropy(reference(x), y), gn="both")
+    assert_same_results(model, reference, FIELDS["both"])
