@@ -49,6 +49,16 @@ def digits_splits(seed: int = 0):
     return (x_train, y_train), (x_val, y_val), (x_test, y_test)
 
 
+def finish_study(args: argparse.Namespace, run, table) -> None:
+    """The digits studies' common end: run on one thread, print the table of the rows and
+    write them as JSON to ``args.out`` (when given)."""
+    torch.set_num_threads(1)
+    rows = run(args)
+    print(table(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+
+
 def make_mlp(hidden: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(64, hidden),

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from digits_mlp import digits_splits
+from digits_mlp import digits_splits, finish_study
 from torch import nn
 
 BACKENDS = {  # the exact one first: the others' diagonals are compared with it
@@ -258,12 +258,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    rows = run(args)
-    print(table(rows))
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1))
+    finish_study(parser.parse_args(), run, table)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,11 @@ import argparse
 import copy
 import json
 import statistics
-from pathlib import Path
 
 import torch
 from backpack import backpack, extend
 from backpack.extensions import DiagGGNExact, DiagHessian
-from digits_mlp import accuracy, digits_splits
+from digits_mlp import accuracy, digits_splits, finish_study
 from torch import nn
 from torch.nn.utils import prune
 
@@ -187,12 +186,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    rows = run(args)
-    print(table(rows))
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1))
+    finish_study(parser.parse_args(), run, table)
 
 
 if __name__ == "__main__":

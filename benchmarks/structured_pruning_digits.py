@@ -28,11 +28,10 @@ import argparse
 import copy
 import json
 import statistics
-from pathlib import Path
 
 import torch
 import torch_pruning as tp
-from digits_mlp import accuracy, digits_splits
+from digits_mlp import accuracy, digits_splits, finish_study
 from pruning_digits import empirical_fisher, mean_spread
 from torch import nn
 
@@ -151,11 +150,7 @@ def main() -> None:
     parser.add_argument("--finetune", type=int, default=2, help="epochs after pruning")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    rows = run(args)
-    print(table(rows, args.finetune))
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1))
+    finish_study(args, run, lambda rows: table(rows, args.finetune))
 
 
 if __name__ == "__main__":
