@@ -460,3 +460,38 @@ def test_normalization_under_a_linear_loss(norm):
         return (out * weights).sum(), (out,)
 
     check_graph(loss_fn, params, torch.randn(3, 3), name_output=True)
+
+
+@pytest.fixture
+def float32():
+    """RAFT builds float32 tensors of its own (its coordinate grids): run in float32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_raft_optical_flow_as_it_is(float32):
+    """torchvision's RAFT (small), which looks its correlation pyramid up with grid_sample
+    and iterates a convolutional GRU: hesscale.backward runs on two 128x128 frames, gives
+    autograd's gradients, finite diagonals and non-negative HesScaleGN ones."""
+    torch.manual_seed(0)
+    model = torchvision.models.optical_flow.raft_small(weights=None)
+    reference = copy.deepcopy(model)
+    frames = torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128)
+    target_flow = torch.randn(1, 2, 128, 128)
+
+    def loss_of(m):
+        return F.mse_loss(m(*frames, num_flow_updates=2)[-1], target_flow)
+
+    assert "GridSampler2DBackward0" in node_names(lambda: loss_of(model))
+    hesscale.backward(loss_of(model), gn="both")
+    loss_of(reference).backward()
+    checked = 0
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        if q.grad is None:
+            continue
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+        assert torch.isfinite(p.hesscale).all() and (p.hesscale_gn >= 0).all(), name
+        checked += 1
+    assert checked > 50
