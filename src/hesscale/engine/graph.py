@@ -73,9 +73,16 @@ class Graph:
         for leaf in self.leaves.values():
             if leaf.is_complex():
                 raise UnsupportedOperationError(_complex_message(f"a leaf of dtype {leaf.dtype}"))
+        complex_producers: set[Node] = set()
         for node in self.edges:
-            self._refuse_complex_or_checkpointed(node)
+            self._refuse_checkpointed(node)
             entry = RULES.get(node.name())
+            if self._has_complex_output(node):
+                if entry is None or Kind.COMPLEX_READY not in entry.kind:
+                    raise UnsupportedOperationError(
+                        _complex_message(f"{node.name()}, reached through {self.path_to(node)}")
+                    )
+                complex_producers.add(node)
             reason = None if entry is None or entry.check is None else entry.check(node)
             if entry is None or reason is not None:
                 raise UnsupportedOperationError(self._unsupported(node, entry, reason))
@@ -83,6 +90,8 @@ class Graph:
             self.kinds[node] = entry.kind
             if Kind.RESHUFFLE in entry.kind and len(self.edges[node]) == 1:
                 self.reshuffles[node] = self.edges[node][0]
+        if complex_producers:
+            self._refuse_complex_readers(complex_producers)
         self.has_module_hooks = any(Kind.MODULE_HOOK in kind for kind in self.kinds.values())
 
     def path_to(self, node: Node) -> str:
@@ -93,13 +102,26 @@ class Graph:
             node = self.parents[node]
         return " -> ".join(reversed(names))
 
-    def _refuse_complex_or_checkpointed(self, node: Node) -> None:
-        """Raise for complex outputs and for nodes saved under non-reentrant checkpointing."""
-        for i in range(output_count(node)):
-            if output_dtype(node, i).is_complex:
-                raise UnsupportedOperationError(
-                    _complex_message(f"{node.name()}, reached through {self.path_to(node)}")
-                )
+    @staticmethod
+    def _has_complex_output(node: Node) -> bool:
+        return any(output_dtype(node, i).is_complex for i in range(output_count(node)))
+
+    def _refuse_complex_readers(self, producers: set[Node]) -> None:
+        """Raise for a node that reads a complex tensor without handling complex tensors."""
+        for node, edges in self.edges.items():
+            if Kind.COMPLEX_READY in self.kinds[node]:
+                continue
+            for child, nr in edges:
+                if child in producers and output_dtype(child, nr).is_complex:
+                    raise UnsupportedOperationError(
+                        _complex_message(
+                            f"{node.name()} reading a complex tensor, reached through "
+                            f"{self.path_to(node)}"
+                        )
+                    )
+
+    def _refuse_checkpointed(self, node: Node) -> None:
+        """Raise for nodes saved under non-reentrant checkpointing."""
         if saved_under_checkpoint(node):
             raise UnsupportedOperationError(
                 f"The autograd operation {node.name()} (reached through {self.path_to(node)}) "
@@ -139,10 +161,11 @@ class Graph:
 
 def _complex_message(where: str) -> str:
     return (
-        f"HesScale does not support complex tensors (found {where}): the diagonal of a real "
-        "loss's Hessian w.r.t. complex entries needs their real and imaginary parts treated "
-        "separately, which no rule does. Nothing has been computed. Work with real tensors "
-        "(e.g. torch.view_as_real) for the parts that need diagonals."
+        f"HesScale does not support this use of complex tensors (found {where}). Complex "
+        "tensors are supported as pairs of real numbers through torch.view_as_complex, "
+        "products, views and torch.view_as_real (rotary embeddings written with complex "
+        "numbers, for instance); nothing else has a rule for them. Nothing has been computed. "
+        "Work with real tensors (e.g. torch.view_as_real) for the parts that need diagonals."
     )
 
 

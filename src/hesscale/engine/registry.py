@@ -55,6 +55,11 @@ class Kind(enum.Flag):
     #: changes only the layout of the entries: HesScaleGN looks through it between an NLL
     #: kernel and its log-softmax
     LAYOUT = enum.auto()
+    #: handles complex tensors as pairs of real numbers: the diagonal of a complex tensor is
+    #: carried as a complex tensor whose real and imaginary parts are the diagonals w.r.t. the
+    #: real and imaginary parts. A graph holding complex tensors is accepted only where every
+    #: node that produces or reads one is declared so.
+    COMPLEX_READY = enum.auto()
     #: an identity inserted by nn.Module full backward hooks (BackPACK-extended models)
     MODULE_HOOK = enum.auto()
     #: DistributedDataParallel's output sink (with find_unused_parameters or static_graph):

@@ -24,6 +24,24 @@ def product_factor(h_out: Tensor, other: Tensor) -> Tensor:
     return h_out * other * other
 
 
+def complex_product_factor(h_out: Tensor, other: Tensor, complex_input: bool) -> Tensor:
+    """z = x * y with z complex, the diagonal of a complex tensor carried as (diagonal of the
+    real parts) + i (diagonal of the imaginary parts). Re z = Re x Re y - Im x Im y and
+    Im z = Re x Im y + Im x Re y, so
+
+        h_{Re x} = (Re y)^2 h_Re + (Im y)^2 h_Im,    h_{Im x} = (Im y)^2 h_Re + (Re y)^2 h_Im;
+
+    for a real x (``complex_input`` False) the first alone, a real tensor. A real y: h_z y^2."""
+    if not other.is_complex():
+        return product_factor(h_out, other)
+    real, imag = other.real, other.imag
+    h_real, h_imag = h_out.real, h_out.imag
+    first = h_real * real * real + h_imag * imag * imag
+    if not complex_input:
+        return first
+    return torch.complex(first, h_real * imag * imag + h_imag * real * real)
+
+
 def quotient_numerator(h_out: Tensor, denominator: Tensor) -> Tensor:
     """z = x / y: h_x = h_z / y^2 (z is linear in x)."""
     h_out, denominator = promote(h_out, denominator)

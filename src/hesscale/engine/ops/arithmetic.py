@@ -36,15 +36,24 @@ def rsub_scalar(call: NodeCall):
     return (scaled(call.h, call.saved("alpha")),)
 
 
-@register("MulBackward0", kind=COMBINES_LINEARLY)
+@register("MulBackward0", kind=COMBINES_LINEARLY | Kind.COMPLEX_READY)
 def mul(call: NodeCall):
-    """z = x * y: h_x = y^2 h_z, h_y = x^2 h_z (bilinear: no own curvature per input)."""
+    """z = x * y: h_x = y^2 h_z, h_y = x^2 h_z (bilinear: no own curvature per input); for a
+    complex z, per real and imaginary part (rules.arithmetic.complex_product_factor)."""
     h = call.h
     if h is None:
         return None, None
-    return (
-        arithmetic.product_factor(h, call.saved("other")) if call.needs(0) else None,
-        arithmetic.product_factor(h, call.saved("self")) if call.needs(1) else None,
+    factors = (call.saved("other"), call.saved("self"))
+    if h.is_complex():
+        return tuple(
+            arithmetic.complex_product_factor(h, factor, call.grad_in[i].is_complex())
+            if call.needs(i)
+            else None
+            for i, factor in enumerate(factors)
+        )
+    return tuple(
+        arithmetic.product_factor(h, factor) if call.needs(i) else None
+        for i, factor in enumerate(factors)
     )
 
 

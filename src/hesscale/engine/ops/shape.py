@@ -20,7 +20,8 @@ from hesscale.engine.registry import Kind, register
 from hesscale.internals import output_shape, saved_value
 
 ZERO_ONE = Kind.ZERO_ONE
-VIEW = Kind.ZERO_ONE | Kind.RESHUFFLE
+# pure views and copies handle complex tensors as pairs of real numbers (Kind.COMPLEX_READY)
+VIEW = Kind.ZERO_ONE | Kind.RESHUFFLE | Kind.COMPLEX_READY
 RESHAPE = VIEW | Kind.LAYOUT | Kind.LOSS_COMBINER  # HesScaleGN looks through these
 
 
@@ -36,6 +37,8 @@ RESHAPE = VIEW | Kind.LAYOUT | Kind.LOSS_COMBINER  # HesScaleGN looks through th
 @register("TransposeBackward0", "PermuteBackward0", kind=VIEW | Kind.LAYOUT)
 @register("CloneBackward0", kind=VIEW | Kind.LOSS_COMBINER)
 @register("ReshapeAliasBackward0", "AliasBackward0", "TBackward0", "SqueezeBackward2", kind=VIEW)
+# a complex tensor as (..., 2) real numbers and back (the diagonal too: see Kind.COMPLEX_READY)
+@register("ViewAsRealBackward0", "ViewAsComplexBackward0", kind=VIEW)
 @register(
     "TransposeBackward1",
     "UnsqueezeBackward1",
