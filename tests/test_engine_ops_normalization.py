@@ -81,3 +81,34 @@ CASES = [
 @pytest.mark.parametrize("fn, inputs, grad", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_rule_matches_definition(fn, inputs, grad):
     check_op(fn, *inputs, grad=grad)
+
+
+def test_gauss_newton_diagonal_stays_non_negative_for_two_entries_per_group():
+    """BatchNorm over two samples: each standardised entry is +-1 and the exact HesScaleGN
+    diagonal w.r.t. the input is 0, which the closed form reaches by cancellation; float32
+    rounding left entries near -1e-10 (timm's LeViT, batch 2). They are raised to 0 where the
+    diagonal reaching the node is >= 0, and left alone where it is not."""
+    import hesscale
+    from hesscale.rules.normalization import standardization_input
+
+    torch.manual_seed(0)
+    negatives = 0
+    for _ in range(5):
+        model = torch.nn.Sequential(
+            torch.nn.Linear(16, 64), torch.nn.BatchNorm1d(64), torch.nn.Hardswish(),
+            torch.nn.Linear(64, 64), torch.nn.BatchNorm1d(64), torch.nn.Linear(64, 5),
+        )  # fmt: skip
+        x, y = torch.randn(2, 16), torch.randint(0, 5, (2,))
+        hesscale.backward(F.cross_entropy(model(x), y), gn=True)
+        negatives += sum(int((p.hesscale_gn < 0).sum()) for p in model.parameters())
+    assert negatives == 0
+
+    # a group whose h is negative keeps its (genuinely negative) values
+    x = torch.randn(5, 1, dtype=torch.float64)
+    y_hat = (x - x.mean()) / x.std(unbiased=False)
+    invstd = torch.ones(1, 1, dtype=torch.float64)
+    ones = torch.ones_like(y_hat)
+    positive = standardization_input(ones, None, y_hat, invstd, (0,)).input
+    negative = standardization_input(-ones, None, y_hat, invstd, (0,)).input
+    assert (positive > 0).all()
+    torch.testing.assert_close(negative, -positive)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -136,7 +137,20 @@ def standardization_input(
     result.mul_(y).add_(a0)
     if h_out is not None:
         _add_scaled(result, h_out, gain2, n * n - 2 * n, out=result)
-    return Standardization(result.mul_(invstd.div(n).square_()), s2, s0)
+    result.mul_(invstd.div(n).square_())
+    if g_out is None:
+        result = _without_rounding_below_zero(result, h_out, dims)
+    return Standardization(result, s2, s0)
+
+
+def _without_rounding_below_zero(result: Tensor, h_out: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """diag(J^T diag(h) J) alone is a sum of non-negative terms in every group whose h >= 0,
+    but the closed form above cancels (to exactly 0 for a group of two entries, whose y are
+    +-1): rounding can leave entries slightly below 0, e.g. -1e-10 in float32. Those groups'
+    entries are raised to 0, so that HesScaleGN stays >= 0 where h does; groups holding a
+    negative h are left as they are."""
+    floor = torch.where(h_out.amin(dims, keepdim=True) >= 0, 0.0, -math.inf)
+    return torch.maximum(result, floor.to(result.dtype), out=result)
 
 
 def _plus(total: Tensor | None, t: Tensor, c: float) -> Tensor:
