@@ -163,6 +163,12 @@ def _scaled_gelu_second(x2: Tensor, scaled_pdf: Tensor | None = None) -> Tensor:
     return scaled_pdf.mul_(torch.rsub(x2, 2))
 
 
+def _scaled_gelu_second_from_x(x: Tensor) -> Tensor:
+    """``_scaled_gelu_second`` from x, with two full-size tensors (x^2 is overwritten)."""
+    x2 = x.square()
+    return x2.mul(-0.5).exp_().mul_(x2.sub_(2)).neg_()
+
+
 def gelu_input(h_out: Tensor | None, g_out: Tensor | None, x: Tensor, approximate: str) -> Tensor:
     """h_x = sigma'(x)^2 h_z + sigma''(x) g_z for GELU (either may be None: zero, not both).
 
@@ -173,7 +179,8 @@ def gelu_input(h_out: Tensor | None, g_out: Tensor | None, x: Tensor, approximat
     h_out, g_out, x = promote(h_out, g_out, upcast(x))
     h_in = None
     if h_out is not None:
-        first = torch.ops.aten.gelu_backward(torch.ones_like(x), x, approximate=approximate)
+        ones = torch.ones((), dtype=x.dtype, device=x.device).expand_as(x)  # (no full tensor)
+        first = torch.ops.aten.gelu_backward(ones, x, approximate=approximate)
         h_in = first.square_().mul_(h_out)
     if g_out is None:
         return h_in
@@ -181,7 +188,7 @@ def gelu_input(h_out: Tensor | None, g_out: Tensor | None, x: Tensor, approximat
         second, constant = gelu_derivatives(x, approximate)[1], 1.0
     else:
         _check_gelu(approximate)
-        second, constant = _scaled_gelu_second(x.square()), INVERSE_SQRT_TWO_PI
+        second, constant = _scaled_gelu_second_from_x(x), INVERSE_SQRT_TWO_PI
     if h_in is None:
         return second.mul_(g_out).mul_(constant)
     return h_in.addcmul_(second, g_out, value=constant)
