@@ -462,15 +462,6 @@ def test_normalization_under_a_linear_loss(norm):
     check_graph(loss_fn, params, torch.randn(3, 3), name_output=True)
 
 
-@pytest.fixture
-def float32():
-    """RAFT builds float32 tensors of its own (its coordinate grids): run in float32."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def test_raft_optical_flow_as_it_is(float32):
     """torchvision's RAFT (small), which looks its correlation pyramid up with grid_sample
     and iterates a convolutional GRU: hesscale.backward runs on two 128x128 frames, gives
