@@ -312,8 +312,9 @@ def inductor_step_options() -> dict[str, Any]:
     on which Inductor runs ``reorder_for_locality`` (moving each operation's producers to just
     before it); on training graphs it does not. On the traced step that pass separates each
     rule's work from the backward operation that reads the same tensors, which then cannot
-    share a fused kernel (the GPT of the cost study: 1.74-1.79x plain compiled with it,
-    1.62-1.69x without). Empty where the installed Inductor has no such option."""
+    share a fused kernel (the GPT of the cost study, four interleaved runs: 1.74-1.79x plain
+    compiled with it, 1.62-1.69x without). Empty where the installed Inductor has no such
+    option."""
     import torch._inductor.config as inductor_config
 
     return (

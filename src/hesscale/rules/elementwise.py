@@ -157,16 +157,11 @@ INVERSE_SQRT_TWO_PI = 1 / math.sqrt(2 * math.pi)
 
 
 def _scaled_gelu_second(x2: Tensor, scaled_pdf: Tensor | None = None) -> Tensor:
-    """sqrt(2 pi) sigma'' = exp(-x^2 / 2) (2 - x^2) of GELU, from x^2; ``scaled_pdf``:
-    exp(-x^2 / 2) where the caller has it (overwritten)."""
+    """sqrt(2 pi) sigma'' = exp(-x^2 / 2) (2 - x^2) of GELU, from x^2, which it overwrites (no
+    further full-size tensor); ``scaled_pdf``: exp(-x^2 / 2) where the caller has it (also
+    overwritten)."""
     scaled_pdf = x2.mul(-0.5).exp_() if scaled_pdf is None else scaled_pdf
-    return scaled_pdf.mul_(torch.rsub(x2, 2))
-
-
-def _scaled_gelu_second_from_x(x: Tensor) -> Tensor:
-    """``_scaled_gelu_second`` from x, with two full-size tensors (x^2 is overwritten)."""
-    x2 = x.square()
-    return x2.mul(-0.5).exp_().mul_(x2.sub_(2)).neg_()
+    return scaled_pdf.mul_(x2.sub_(2)).neg_()
 
 
 def gelu_input(h_out: Tensor | None, g_out: Tensor | None, x: Tensor, approximate: str) -> Tensor:
@@ -188,7 +183,7 @@ def gelu_input(h_out: Tensor | None, g_out: Tensor | None, x: Tensor, approximat
         second, constant = gelu_derivatives(x, approximate)[1], 1.0
     else:
         _check_gelu(approximate)
-        second, constant = _scaled_gelu_second_from_x(x), INVERSE_SQRT_TWO_PI
+        second, constant = _scaled_gelu_second(x.square()), INVERSE_SQRT_TWO_PI
     if h_in is None:
         return second.mul_(g_out).mul_(constant)
     return h_in.addcmul_(second, g_out, value=constant)
